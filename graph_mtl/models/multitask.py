@@ -1,0 +1,75 @@
+"""MultiTaskGNN: one shared encoder, one head per task (node and graph tasks mixed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from graph_mtl.models.encoder import GNNEncoder
+from graph_mtl.models.heads import GraphHead, NodeHead
+from graph_mtl.tasks import Task
+
+
+@dataclass
+class MultiTaskOutput:
+    """What :class:`MultiTaskGNN` returns: per-task predictions and the shared node representation."""
+
+    preds: dict[str, Tensor]
+    node_repr: Tensor
+
+
+class MultiTaskGNN(nn.Module):
+    """A shared :class:`GNNEncoder` feeding one :class:`NodeHead` or :class:`GraphHead` per task.
+
+    Args:
+        encoder: the shared encoder.
+        tasks: the tasks; a head of ``task.num_outputs`` outputs is built for each.
+        pool: graph pooling of the graph heads.
+        head_hidden: hidden width of the heads (default: the encoder's width).
+        head_layers: linear layers per head.
+        head_dropout: dropout inside the heads.
+    """
+
+    def __init__(self, encoder: GNNEncoder, tasks: Sequence[Task], pool: str = "mean",
+                 head_hidden: int | None = None, head_layers: int = 2, head_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tasks = list(tasks)
+        width = encoder.out_channels
+        hidden = head_hidden or encoder.hidden
+        heads: dict[str, nn.Module] = {}
+        for task in self.tasks:
+            if task.level == "node":
+                heads[task.name] = NodeHead(width, task.num_outputs, hidden, head_layers, head_dropout)
+            else:
+                heads[task.name] = GraphHead(width, task.num_outputs, pool, hidden, head_layers, head_dropout)
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def forward(self, batch) -> MultiTaskOutput:
+        batch_vec = getattr(batch, "batch", None)
+        num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
+        if batch_vec is None:
+            batch_vec = batch.x.new_zeros(batch.x.size(0), dtype=batch.edge_index.dtype)
+        h = self.encoder(batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
+        preds = {name: head(h, batch_vec, num_graphs) for name, head in self.heads.items()}
+        return MultiTaskOutput(preds=preds, node_repr=h)
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the shared encoder (what gradient balancers act on)."""
+        return self.encoder.parameters()
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        """Parameters of one task's head."""
+        if name not in self.heads:
+            raise KeyError(f"model: no task {name!r}; tasks: {self.task_names}")
+        return self.heads[name].parameters()
+
+    def last_shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the last shared layer (GradNorm's W)."""
+        return self.encoder.last_layer().parameters()

@@ -1,0 +1,159 @@
+"""Task specifications and masked losses.
+
+A :class:`Task` says where a target lives on a PyG batch, what kind of prediction it is, which loss trains it
+and which metric scores it. Targets are always stored as float tensors in which ``NaN`` marks a missing label,
+so every kind of task can be masked the same way.
+
+Loss normalisation (named ``"mean-per-task"``): a task's loss is the mean of the element-wise loss over its
+*labelled* entries, ``L_t = sum_{i in labelled} l(p_i, y_i) / |labelled|``. For a multi-label task (one task,
+many columns) this is OGB's flat mean over every labelled (sample, column) entry. A task with no labelled entry
+in a batch has no loss at all (it is *absent* for that step) - never a NaN, never a zero that would still
+pull the weights of a balancer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Level = Literal["node", "graph"]
+Kind = Literal["binary", "multiclass", "multilabel", "regression"]
+
+LEVELS: tuple[str, ...] = ("node", "graph")
+KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")
+LOSS_NORMALISATION = "mean-per-task"
+
+DEFAULT_LOSS: dict[str, str] = {
+    "binary": "bce",
+    "multilabel": "bce",
+    "multiclass": "ce",
+    "regression": "mse",
+}
+DEFAULT_METRIC: dict[str, str] = {
+    "binary": "rocauc",
+    "multilabel": "rocauc",
+    "multiclass": "accuracy",
+    "regression": "rmse",
+}
+LOSSES: tuple[str, ...] = ("bce", "ce", "mse", "l1", "smooth_l1")
+#: Metrics where larger is better; every other metric is minimised.
+MAXIMISED_METRICS: frozenset[str] = frozenset({"rocauc", "ap", "accuracy", "f1", "r2"})
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction task of a multi-task model.
+
+    Args:
+        name: unique task name (used in configs, logs and result files).
+        level: ``"node"`` (one prediction per node) or ``"graph"`` (one per graph).
+        kind: ``"binary"``, ``"multiclass"``, ``"multilabel"`` or ``"regression"``.
+        num_outputs: model outputs: classes for multiclass, labels for multilabel, target dimensions for
+            regression, 1 for binary.
+        target: attribute of the batch that holds the labels (a float tensor, ``NaN`` = missing).
+        columns: columns of ``target`` that belong to this task; ``None`` takes the whole attribute.
+        loss: loss name; defaults by kind (bce, ce, mse).
+        metric: metric name; defaults by kind (rocauc, accuracy, rmse).
+    """
+
+    name: str
+    level: Level
+    kind: Kind
+    num_outputs: int = 1
+    target: str = "y"
+    columns: tuple[int, ...] | None = None
+    loss: str = ""
+    metric: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("task.name: must be a non-empty string")
+        if self.level not in LEVELS:
+            raise ValueError(f"task {self.name!r}: level must be one of {LEVELS}, got {self.level!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.num_outputs < 1:
+            raise ValueError(f"task {self.name!r}: num_outputs must be >= 1, got {self.num_outputs}")
+        if self.kind == "binary" and self.num_outputs != 1:
+            raise ValueError(f"task {self.name!r}: a binary task has num_outputs=1; use kind=multilabel")
+        if self.kind == "multiclass" and self.num_outputs < 2:
+            raise ValueError(f"task {self.name!r}: a multiclass task needs num_outputs >= 2 classes")
+        if self.columns is not None and self.kind != "multiclass" and len(self.columns) != self.num_outputs:
+            raise ValueError(
+                f"task {self.name!r}: {len(self.columns)} columns given for num_outputs={self.num_outputs}"
+            )
+        object.__setattr__(self, "loss", self.loss or DEFAULT_LOSS[self.kind])
+        object.__setattr__(self, "metric", self.metric or DEFAULT_METRIC[self.kind])
+        if self.loss not in LOSSES:
+            raise ValueError(f"task {self.name!r}: loss must be one of {LOSSES}, got {self.loss!r}")
+
+    @property
+    def maximise(self) -> bool:
+        """Whether a larger value of this task's metric is better."""
+        return self.metric in MAXIMISED_METRICS
+
+    def labels(self, batch) -> Tensor:
+        """The task's labels from a batch, shape ``[n, k]`` (``k`` = 1 for binary and multiclass)."""
+        try:
+            y = getattr(batch, self.target)
+        except AttributeError:
+            y = None
+        if y is None:
+            raise KeyError(f"task {self.name!r}: the batch has no target attribute {self.target!r}")
+        y = y.float()
+        if y.dim() == 1:
+            y = y.unsqueeze(-1)
+        if self.columns is not None:
+            y = y[:, list(self.columns)]
+        return y
+
+
+def labelled_mask(task: Task, y: Tensor, node_mask: Tensor | None = None) -> Tensor:
+    """Boolean mask of the labelled entries of ``y``; a node task also honours the split's ``node_mask``."""
+    mask = ~torch.isnan(y)
+    if task.level == "node" and node_mask is not None:
+        mask = mask & node_mask.view(-1, 1)
+    return mask
+
+
+def masked_loss(task: Task, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor | None:
+    """Mean loss over the labelled entries (see module docstring); ``None`` if nothing is labelled.
+
+    ``pred`` is ``[n, num_outputs]``, ``y`` and ``mask`` are ``[n, k]`` as returned by :meth:`Task.labels`.
+    """
+    if not bool(mask.any()):
+        return None
+    if task.loss == "ce":
+        rows = mask[:, 0]
+        return F.cross_entropy(pred[rows].float(), y[rows, 0].long())
+    target = torch.where(mask, y, torch.zeros_like(y))
+    pred = pred.float()
+    if task.loss == "bce":
+        elementwise = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+    elif task.loss == "mse":
+        elementwise = F.mse_loss(pred, target, reduction="none")
+    elif task.loss == "l1":
+        elementwise = F.l1_loss(pred, target, reduction="none")
+    else:
+        elementwise = F.smooth_l1_loss(pred, target, reduction="none")
+    return elementwise[mask].mean()
+
+
+def task_losses(tasks: list[Task], preds: dict[str, Tensor], batch) -> dict[str, Tensor]:
+    """Loss of every task that has at least one label in ``batch``; absent tasks are left out.
+
+    A node task on a single-graph dataset is restricted to the split's nodes by ``batch.node_mask``.
+    """
+    node_mask = getattr(batch, "node_mask", None)
+    losses: dict[str, Tensor] = {}
+    for task in tasks:
+        y = task.labels(batch)
+        loss = masked_loss(task, preds[task.name], y, labelled_mask(task, y, node_mask))
+        if loss is not None:
+            losses[task.name] = loss
+    return losses
