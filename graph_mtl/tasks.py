@@ -144,15 +144,51 @@ def masked_loss(task: Task, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor | N
     return elementwise[mask].mean()
 
 
-def task_losses(tasks: list[Task], preds: dict[str, Tensor], batch) -> dict[str, Tensor]:
+#: per-task ``(mean, std)`` of regression targets, each ``[k]``; the model learns ``(y - mean) / std``
+Scalers = dict[str, tuple[Tensor, Tensor]]
+
+
+def collect_labels(tasks: list[Task], graphs) -> dict[str, Tensor]:
+    """Every task's targets over ``graphs`` stacked row-wise, NaN where unlabelled or outside ``node_mask``."""
+    out: dict[str, Tensor] = {}
+    for task in tasks:
+        parts = []
+        for graph in graphs:
+            y = task.labels(graph)
+            mask = labelled_mask(task, y, getattr(graph, "node_mask", None))
+            parts.append(torch.where(mask, y, torch.full_like(y, float("nan"))))
+        out[task.name] = torch.cat(parts)
+    return out
+
+
+def fit_scalers(tasks: list[Task], labels: dict[str, Tensor]) -> Scalers:
+    """Mean and standard deviation (per column) of every regression task's labelled training targets."""
+    scalers: Scalers = {}
+    for task in tasks:
+        if task.kind != "regression":
+            continue
+        y = labels[task.name]
+        mean = torch.nan_to_num(torch.nanmean(y, dim=0), nan=0.0)
+        std = torch.sqrt(torch.nan_to_num(torch.nanmean((y - mean) ** 2, dim=0), nan=1.0))
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        scalers[task.name] = (mean, std)
+    return scalers
+
+
+def task_losses(tasks: list[Task], preds: dict[str, Tensor], batch,
+                scalers: Scalers | None = None) -> dict[str, Tensor]:
     """Loss of every task that has at least one label in ``batch``; absent tasks are left out.
 
     A node task on a single-graph dataset is restricted to the split's nodes by ``batch.node_mask``.
+    Regression targets named in ``scalers`` are standardised before the loss.
     """
     node_mask = getattr(batch, "node_mask", None)
     losses: dict[str, Tensor] = {}
     for task in tasks:
         y = task.labels(batch)
+        if scalers and task.name in scalers:
+            mean, std = scalers[task.name]
+            y = (y - mean.to(y.device)) / std.to(y.device)
         loss = masked_loss(task, preds[task.name], y, labelled_mask(task, y, node_mask))
         if loss is not None:
             losses[task.name] = loss

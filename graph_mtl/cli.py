@@ -1,0 +1,75 @@
+"""The ``graph-mtl`` command: ``train`` a multi-task model, ``list`` what is available."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from graph_mtl.config import ConfigError, load_config
+
+USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graph-mtl", description="Multi-task learning on graphs.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a multi-task model (default: the embedded molecule dataset)")
+    train.add_argument("--config", help="YAML config file (every key optional)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.epochs=5 --set balancer=pcgrad")
+    train.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
+    train.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                       help="resume from a checkpoint (default: OUT/last.pt)")
+    train.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub.add_parser("list", help="list datasets, encoders, pooling and balancers")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        return _train(args)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"graph-mtl: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set)
+    from graph_mtl.run import results_table, train
+
+    out = Path(args.out)
+    resume = None
+    if args.resume is not None:
+        resume = Path(args.resume) if args.resume else out / "last.pt"
+    results = train(config, out, resume=resume)
+    print()
+    print(results_table(results, "test"))
+    print(f"\nbest epoch {results['best_epoch']} of {results['epochs_run']}; "
+          f"{results['seconds']:.0f}s; results in {out}/results.json")
+    return 0
+
+
+def _list() -> int:
+    from graph_mtl.balancers import BALANCERS
+    from graph_mtl.data.registry import DATASETS
+    from graph_mtl.models import CONVS, POOLS
+
+    print("datasets:")
+    for name, (_, text) in DATASETS.items():
+        print(f"  {name:<12} {text}")
+    print(f"encoders (model.conv): {', '.join(CONVS)}")
+    print(f"pooling (model.pool): {', '.join(POOLS)}")
+    print(f"balancers (train.balancer): {', '.join(sorted(BALANCERS))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Run configuration: typed sections, loaded from YAML and ``--set key=value`` overrides, validated on load.
+
+Every mistake is a :class:`ConfigError` whose message is one line that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; ``str(error)`` is one line naming the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, and how it is batched."""
+
+    name: str = "embedded"
+    root: str | None = None
+    limit: int | None = None
+    tasks: list[str] | None = None
+    batch_size: int = 64
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The shared encoder and the heads (see :class:`graph_mtl.models.GNNEncoder`)."""
+
+    conv: str = "gine"
+    hidden: int = 128
+    num_layers: int = 4
+    virtual_node: bool = True
+    residual: bool = True
+    norm: str = "batch"
+    dropout: float = 0.1
+    jk: str = "last"
+    heads: int = 4
+    pool: str = "mean"
+    head_layers: int = 2
+    head_hidden: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, balancing, early stopping and checkpoints."""
+
+    epochs: int = 30
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: int = 0
+    grad_clip: float | None = 5.0
+    amp: bool = False
+    balancer: str = "ew"
+    balancer_args: dict[str, Any] = field(default_factory=dict)
+    monitor: str = "gain"
+    patience: int | None = None
+    standardize_targets: bool = True
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.scheduler": ("none", "cosine", "step", "plateau"),
+    "model.norm": ("batch", "layer", "none"),
+    "model.jk": ("last", "sum", "max", "cat"),
+    "model.pool": ("mean", "add", "max", "attention"),
+}
+POSITIVE: tuple[str, ...] = (
+    "data.batch_size", "model.hidden", "model.num_layers", "model.heads", "model.head_layers", "train.epochs",
+)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (optional), apply ``key=value`` overrides, validate, and return a :class:`Config`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file {str(path)!r} does not exist; give the path of a YAML config")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"--config: {path} is not valid YAML{where}; fix its syntax") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--config: {path} must hold a mapping of sections (seed, data, model, train)")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value`` override (the value is parsed as YAML) to a raw config dict."""
+    if "=" not in item:
+        raise ConfigError(f"--set: {item!r} must look like key=value, e.g. train.epochs=5")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if parts == [""] or any(not p for p in parts):
+        raise ConfigError(f"--set: {item!r} has an empty key; write e.g. train.epochs=5")
+    if len(parts) == 1 and parts[0] in _SHORTCUTS:
+        parts = _SHORTCUTS[parts[0]].split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set: {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+#: top-level shortcuts accepted by ``--set`` (``--set balancer=pcgrad``)
+_SHORTCUTS: dict[str, str] = {
+    "balancer": "train.balancer",
+    "balancer_args": "train.balancer_args",
+    "epochs": "train.epochs",
+    "dataset": "data.name",
+    "conv": "model.conv",
+}
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a nested dict."""
+    config = _build(Config, raw, "")
+    _validate(config)
+    return config
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {sorted(fields)}"
+            raise ConfigError(f"config: unknown key {prefix}{key!r}{hint}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_name(hint)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"{key}: expected {_name(hint)}, got {value!r}")
+
+
+def _name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _validate(config: Config) -> None:
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)}")
+    for key in POSITIVE:
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < 1:
+            raise ConfigError(f"{key}: must be >= 1")
+    train = config.train
+    if train.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {train.lr}")
+    if not 0 <= config.model.dropout < 1:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
+    if train.grad_clip is not None and train.grad_clip <= 0:
+        raise ConfigError("train.grad_clip: must be > 0, or null to disable clipping")
+    if train.patience is not None and train.patience < 1:
+        raise ConfigError("train.patience: must be >= 1, or null to disable early stopping")
+    if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
+        raise ConfigError(f"device: unknown value {config.device!r}; use auto, cpu, cuda or cuda:N")

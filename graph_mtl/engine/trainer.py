@@ -1,0 +1,378 @@
+"""The training engine: fit / evaluate / test with a balancer, checkpoints, early stopping and logs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from graph_mtl.balancers.base import Balancer
+from graph_mtl.config import TrainConfig
+from graph_mtl.engine.checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from graph_mtl.engine.metrics import baseline_predictions, evaluate_tasks
+from graph_mtl.models.multitask import MultiTaskGNN
+from graph_mtl.tasks import Scalers, Task, collect_labels, fit_scalers, task_losses
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (momentum 0.9) with the config's learning rate and weight decay."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """``cosine`` over all epochs, ``step`` (halve every third of the run), ``plateau`` on the monitor, or none."""
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.5)
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+    return None
+
+
+class Trainer:
+    """Trains a :class:`MultiTaskGNN` with a balancer.
+
+    Each step: forward, the masked loss of every task present in the batch, ``balancer.backward`` (which
+    leaves the balanced gradient in ``.grad``), gradient clipping, optimiser step. After each epoch the model
+    is evaluated on the validation loader; ``best.pt`` keeps the best epoch by ``cfg.monitor`` and ``last.pt``
+    the latest state, both written atomically, so a run can resume after a crash.
+
+    The monitor: ``gain`` is the mean over tasks of the relative gain of the validation metric over the trivial
+    baseline (``(v - b) / |b|`` for metrics to maximise, ``(b - v) / |b|`` for errors), ``loss`` is minus the
+    validation loss, and a task name monitors that task's metric.
+
+    Args:
+        model: the multi-task model.
+        balancer: the task balancer.
+        cfg: optimisation settings.
+        train_graphs: the training graphs (to fit target scalers and trivial baselines).
+        out_dir: where logs and checkpoints go (``None``: nothing is written).
+        device: torch device.
+        seed: seed of the shuffling of each epoch.
+        log: where one-line progress messages go.
+    """
+
+    def __init__(self, model: MultiTaskGNN, balancer: Balancer, cfg: TrainConfig, train_graphs: list,
+                 out_dir: str | Path | None = None, device: torch.device | str = "cpu", seed: int = 0,
+                 log: Callable[[str], None] = print) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.tasks: list[Task] = model.tasks
+        self.balancer = balancer
+        self.cfg = cfg
+        self.seed = seed
+        self.log = log
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.optimizer = build_optimizer(model.parameters(), cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        labels = collect_labels(self.tasks, train_graphs)
+        self.scalers: Scalers = fit_scalers(self.tasks, labels) if cfg.standardize_targets else {}
+        self.train_labels = {name: y.numpy() for name, y in labels.items()}
+        self.epoch = 0
+        self.step = 0
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self._amp = cfg.amp
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def fit(self, train_loader, valid_loader, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train for ``cfg.epochs`` epochs (or until early stopping); returns the last epoch's record."""
+        if resume is not None:
+            self.load(resume)
+            self.log(f"resumed from {resume} at epoch {self.epoch}")
+        record: dict[str, Any] = {}
+        while self.epoch < self.cfg.epochs:
+            self.epoch += 1
+            started = time.perf_counter()
+            _reseed_loader(train_loader, self.seed * 100_003 + self.epoch)
+            train_stats = self.train_epoch(train_loader)
+            valid = self.evaluate(valid_loader)
+            score = self.monitor_score(valid)
+            improved = score > self.best_score
+            if improved:
+                self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+            else:
+                self.bad_epochs += 1
+            self._step_scheduler(score)
+            record = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], **train_stats,
+                      "valid_loss": valid["loss"], "valid_gain": valid["gain"], "monitor": score,
+                      **{f"valid/{k}": v for k, v in valid["per_task"].items()},
+                      "seconds": time.perf_counter() - started}
+            self.history.append(record)
+            self._write_epoch(record, improved)
+            mark = "  *best" if improved else ""
+            self.log(f"epoch {self.epoch:3d}/{self.cfg.epochs}  train loss {train_stats['train_loss']:.4f}  "
+                     f"valid loss {valid['loss']:.4f}  valid gain {valid['gain']:+.3f}  "
+                     f"{record['seconds']:.1f}s{mark}")
+            if self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience:
+                self.log(f"early stop: no improvement of '{self.cfg.monitor}' for {self.cfg.patience} epochs")
+                break
+        return record
+
+    def train_epoch(self, loader) -> dict[str, float]:
+        """One pass over ``loader``; returns mean training losses and mean balancer weights."""
+        self.model.train()
+        names = [t.name for t in self.tasks]
+        loss_sum = torch.zeros(len(names), device=self.device)
+        loss_count = torch.zeros(len(names), device=self.device)
+        weight_sum = torch.zeros(len(names), device=self.device)
+        steps = 0
+        bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, file=sys.stderr,
+                   disable=not (self.cfg.progress and sys.stderr.isatty()))
+        step_rows = []
+        for batch in bar:
+            if self.cfg.max_steps_per_epoch is not None and steps >= self.cfg.max_steps_per_epoch:
+                break
+            losses, weights = self.train_step(batch)
+            if not losses:
+                continue
+            steps += 1
+            present = torch.tensor([n in losses for n in names], device=self.device)
+            values = torch.stack([losses[n].detach() if n in losses else loss_sum.new_zeros(()) for n in names])
+            loss_sum += values
+            loss_count += present
+            weight_sum += weights
+            step_rows.append((self.epoch, self.step, values, present, weights))
+            if not bar.disable and steps % 10 == 0:
+                shown = {n[:8]: f"{v:.3f}" for n, v in zip(names[:6], (loss_sum / loss_count.clamp(min=1)).tolist())}
+                bar.set_postfix(shown)
+        self._write_steps(step_rows, names)
+        mean_loss = (loss_sum / loss_count.clamp(min=1)).tolist()
+        mean_weight = (weight_sum / max(steps, 1)).tolist()
+        stats = {"train_loss": float(np.mean([v for v, c in zip(mean_loss, loss_count.tolist()) if c > 0] or [0.0]))}
+        stats.update({f"train_loss/{n}": v for n, v in zip(names, mean_loss)})
+        stats.update({f"weight/{n}": v for n, v in zip(names, mean_weight)})
+        if hasattr(self.balancer, "on_epoch_end"):
+            self.balancer.on_epoch_end()
+        return stats
+
+    def train_step(self, batch) -> tuple[dict[str, Tensor], Tensor]:
+        """One optimisation step on ``batch``; returns the task losses and the balancer's weights ``[T]``."""
+        batch = batch.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = self.model(batch)
+        losses = task_losses(self.tasks, out.preds, batch, self.scalers)
+        if not losses:
+            return losses, torch.zeros(len(self.tasks), device=self.device)
+        weights = self.balancer.backward(
+            losses,
+            shared_params=list(self.model.shared_parameters()),
+            representation=out.node_repr,
+            task_params={t.name: list(self.model.task_parameters(t.name)) for t in self.tasks},
+            last_shared_params=list(self.model.last_shared_parameters()),
+        )
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return losses, weights.to(self.device)
+
+    def _autocast(self):
+        if not self._amp:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def predict(self, loader) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+        """Labels and de-standardised predictions of every task over ``loader``, and the mean loss."""
+        self.model.eval()
+        y_true: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
+        y_pred: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
+        loss_total, loss_batches = 0.0, 0
+        for batch in loader:
+            batch = batch.to(self.device)
+            with self._autocast():
+                out = self.model(batch)
+            losses = task_losses(self.tasks, out.preds, batch, self.scalers)
+            if losses:
+                loss_total += float(torch.stack(list(losses.values())).mean())
+                loss_batches += 1
+            node_mask = getattr(batch, "node_mask", None)
+            for task in self.tasks:
+                pred = out.preds[task.name].float()
+                if task.name in self.scalers:
+                    mean, std = self.scalers[task.name]
+                    pred = pred * std.to(pred.device) + mean.to(pred.device)
+                y = task.labels(batch)
+                if task.level == "node" and node_mask is not None:
+                    pred, y = pred[node_mask], y[node_mask]
+                y_true[task.name].append(y.cpu())
+                y_pred[task.name].append(pred.cpu())
+        true = {k: torch.cat(v).numpy() for k, v in y_true.items()}
+        pred = {k: torch.cat(v).numpy() for k, v in y_pred.items()}
+        return true, pred, loss_total / max(loss_batches, 1)
+
+    def evaluate(self, loader) -> dict[str, Any]:
+        """Per-task metrics, their mean, the skipped tasks, the trivial baseline and the gain over it."""
+        true, pred, loss = self.predict(loader)
+        result = evaluate_tasks(self.tasks, true, pred)
+        base_pred = {t.name: baseline_predictions(t, self.train_labels[t.name], len(true[t.name]))
+                     for t in self.tasks}
+        baseline = evaluate_tasks(self.tasks, true, base_pred)
+        result["baseline"] = baseline["per_task"]
+        result["loss"] = loss
+        result["gain"] = relative_gain(self.tasks, result["per_task"], baseline["per_task"])
+        return result
+
+    def monitor_score(self, valid: dict[str, Any]) -> float:
+        """The model-selection score of a validation result (larger is better)."""
+        monitor = self.cfg.monitor
+        if monitor == "gain":
+            return valid["gain"]
+        if monitor == "loss":
+            return -valid["loss"]
+        task = next((t for t in self.tasks if t.name == monitor), None)
+        if task is None:
+            raise ValueError(f"train.monitor: {monitor!r} is neither gain, loss nor a task name")
+        value = valid["per_task"][monitor]
+        if value is None:
+            return -math.inf
+        return value if task.maximise else -value
+
+    def test(self, loaders: dict[str, Any], checkpoint: str | Path | None = None) -> dict[str, Any]:
+        """Evaluate the best checkpoint (or the current weights) on each named loader."""
+        path = checkpoint or (self.out_dir / "best.pt" if self.out_dir is not None else None)
+        if path is not None and Path(path).is_file():
+            state = load_checkpoint(path, self.device)
+            self.model.load_state_dict(state["model"])
+        return {name: self.evaluate(loader) for name, loader in loaders.items()}
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "balancer": self.balancer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "scalers": self.scalers,
+            "history": self.history,
+            "rng": rng_state(),
+        }
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by this trainer, to continue exactly where it stopped."""
+        state = load_checkpoint(path, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.balancer.load_state_dict(state["balancer"])
+        for key in ("epoch", "step", "best_score", "best_epoch", "bad_epochs", "scalers", "history"):
+            setattr(self, key, state[key])
+        set_rng_state(state["rng"])
+
+    def _step_scheduler(self, score: float) -> None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(score)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def _write_epoch(self, record: dict[str, Any], improved: bool) -> None:
+        if self.out_dir is None:
+            return
+        state = self.state_dict()
+        atomic_save(state, self.out_dir / "last.pt")
+        if improved:
+            atomic_save(state, self.out_dir / "best.pt")
+        keys = list(self.history[0])
+        lines = [",".join(keys)] + [",".join(_fmt(row.get(k)) for k in keys) for row in self.history]
+        atomic_write_text("\n".join(lines) + "\n", self.out_dir / "metrics.csv")
+
+    def _write_steps(self, rows: list, names: list[str]) -> None:
+        """Append every step's task losses and balancer weights to ``steps.csv``."""
+        if self.out_dir is None or not rows:
+            return
+        path = self.out_dir / "steps.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["epoch", "step", *[f"loss/{n}" for n in names], *[f"weight/{n}" for n in names]])
+            for epoch, step, values, present, weights in rows:
+                losses = [f"{v:.6g}" if p else "" for v, p in zip(values.tolist(), present.tolist())]
+                writer.writerow([epoch, step, *losses, *[f"{w:.6g}" for w in weights.tolist()]])
+
+
+def relative_gain(tasks: list[Task], values: dict[str, float | None], baseline: dict[str, float | None]) -> float:
+    r"""Mean over scored tasks of the relative gain over the baseline, :math:`\pm (v - b) / \max(|b|, 10^{-8})`."""
+    gains = []
+    for task in tasks:
+        v, b = values.get(task.name), baseline.get(task.name)
+        if v is None or b is None:
+            continue
+        diff = v - b if task.maximise else b - v
+        gains.append(diff / max(abs(b), 1e-8))
+    return float(np.mean(gains)) if gains else -math.inf
+
+
+def _reseed_loader(loader, seed: int) -> None:
+    """Make each epoch's shuffle a function of (seed, epoch) so that a resumed run sees the same batches."""
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Pretty JSON, written atomically."""
+    atomic_write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,122 @@
+"""From a :class:`Config` to a trained model: dataset, model, balancer, trainer, results on disk."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch_geometric.loader import DataLoader
+from torch_geometric.utils import degree
+
+from graph_mtl.balancers import create as create_balancer
+from graph_mtl.config import Config, ModelConfig
+from graph_mtl.data.base import MultiTaskDataset
+from graph_mtl.data.registry import load_dataset
+from graph_mtl.engine.checkpoint import seed_everything
+from graph_mtl.engine.metrics import better
+from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
+from graph_mtl.models import GNNEncoder, MultiTaskGNN
+from graph_mtl.models.encoder import EDGE_CONVS
+
+
+def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
+    """The encoder and heads for ``dataset``: OGB atom/bond encoders for OGB features, linear maps otherwise."""
+    ogb = dataset.node_features == "ogb"
+    edge_channels = dataset.num_edge_features
+    if cfg.conv not in EDGE_CONVS or edge_channels == 0:
+        edge_encoder = "none"
+    else:
+        edge_encoder = "bond" if ogb else "linear"
+    if cfg.conv == "gine" and edge_encoder == "none":
+        raise ValueError(f"model.conv: 'gine' needs edge features and {dataset.name!r} has none; use gin")
+    encoder = GNNEncoder(
+        in_channels=dataset.num_node_features, hidden=cfg.hidden, num_layers=cfg.num_layers, conv=cfg.conv,
+        node_encoder="atom" if ogb else "linear", edge_encoder=edge_encoder, edge_channels=edge_channels,
+        virtual_node=cfg.virtual_node, residual=cfg.residual, norm=cfg.norm, dropout=cfg.dropout, jk=cfg.jk,
+        heads=cfg.heads, pna_deg=degree_histogram(dataset.splits["train"]) if cfg.conv == "pna" else None,
+    )
+    return MultiTaskGNN(encoder, dataset.tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
+                        head_layers=cfg.head_layers, head_dropout=cfg.dropout)
+
+
+def degree_histogram(graphs: list) -> torch.Tensor:
+    """Histogram of node in-degrees over ``graphs`` (PNA's ``deg``)."""
+    counts = torch.zeros(1, dtype=torch.long)
+    for g in graphs:
+        d = degree(g.edge_index[1], num_nodes=g.num_nodes, dtype=torch.long)
+        hist = torch.bincount(d)
+        if hist.numel() > counts.numel():
+            counts = torch.cat([counts, counts.new_zeros(hist.numel() - counts.numel())])
+        counts[: hist.numel()] += hist
+    return counts
+
+
+def build_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, num_workers: int = 0) -> dict[str, Any]:
+    """A shuffling training loader (its generator reseeded every epoch) and ordered valid/test loaders."""
+    generator = torch.Generator().manual_seed(seed)
+    loaders = {"train": DataLoader(dataset.splits["train"], batch_size=batch_size, shuffle=True,
+                                   generator=generator, num_workers=num_workers)}
+    for split in ("valid", "test"):
+        loaders[split] = DataLoader(dataset.splits[split], batch_size=batch_size, num_workers=num_workers)
+    return loaders
+
+
+def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a whole training from ``config``: writes ``config.yaml``, ``metrics.csv``, ``steps.csv``,
+    ``best.pt``, ``last.pt`` and ``results.json`` into ``out_dir`` and returns the results."""
+    import yaml
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    seed_everything(config.seed)
+    started = time.perf_counter()
+    dataset = load_dataset(config.data)
+    sizes = {k: len(v) for k, v in dataset.splits.items()}
+    log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} ({time.perf_counter() - started:.1f}s)")
+    model = build_model(config.model, dataset)
+    balancer = create_balancer(config.train.balancer, [t.name for t in dataset.tasks],
+                               **config.train.balancer_args)
+    device = resolve_device(config.device)
+    loaders = build_loaders(dataset, config.data.batch_size, config.seed, config.data.num_workers)
+    trainer = Trainer(model, balancer, config.train, dataset.splits["train"], out_dir=out_dir, device=device,
+                      seed=config.seed, log=log)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
+    trainer.fit(loaders["train"], loaders["valid"], resume=resume)
+    evaluated = trainer.test({"valid": loaders["valid"], "test": loaders["test"]})
+    results = {
+        "dataset": dataset.name,
+        "best_epoch": trainer.best_epoch,
+        "epochs_run": trainer.epoch,
+        "monitor": config.train.monitor,
+        "seconds": time.perf_counter() - started,
+        "tasks": {t.name: {"level": t.level, "kind": t.kind, "metric": t.metric} for t in dataset.tasks},
+        **{split: {k: v for k, v in res.items()} for split, res in evaluated.items()},
+    }
+    write_json(results, out_dir / "results.json")
+    return results
+
+
+def results_table(results: dict[str, Any], split: str = "test") -> str:
+    """A plain-text table: each task's metric on ``split`` next to the trivial baseline's."""
+    res = results[split]
+    rows = [("task", "level", "kind", "metric", split, "baseline", "beats")]
+    for name, spec in results["tasks"].items():
+        value, base = res["per_task"].get(name), res["baseline"].get(name)
+        if value is None:
+            rows.append((name, spec["level"], spec["kind"], spec["metric"], "skipped", "-", "-"))
+            continue
+        beats = base is None or better(spec["metric"], value, base)
+        rows.append((name, spec["level"], spec["kind"], spec["metric"], f"{value:.4f}",
+                     "-" if base is None else f"{base:.4f}", "yes" if beats else "NO"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    skipped = res.get("skipped") or []
+    footer = f"\nskipped (no metric defined on {split}): {', '.join(skipped)}" if skipped else ""
+    return "\n".join(lines) + footer

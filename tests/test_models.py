@@ -1,0 +1,100 @@
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from graph_mtl.models import CONVS, POOLS, GNNEncoder, GraphHead, MultiTaskGNN, NodeHead
+from graph_mtl.models.encoder import EDGE_CONVS
+from graph_mtl.run import degree_histogram
+
+
+@pytest.fixture()
+def batch(tiny_dataset):
+    return Batch.from_data_list(tiny_dataset.splits["train"][:6])
+
+
+def _encoder(conv, edges, graphs, **kw):
+    return GNNEncoder(hidden=16, num_layers=2, conv=conv, node_encoder="atom",
+                      edge_encoder="bond" if edges else "none",
+                      pna_deg=degree_histogram(graphs) if conv == "pna" else None, **kw)
+
+
+@pytest.mark.parametrize("conv", CONVS)
+@pytest.mark.parametrize("edges", [True, False])
+def test_every_conv_with_and_without_edge_features(conv, edges, batch, tiny_dataset):
+    if conv == "gine" and not edges:
+        with pytest.raises(ValueError, match="gine"):
+            _encoder(conv, edges, tiny_dataset.splits["train"])
+        return
+    enc = _encoder(conv, edges, tiny_dataset.splits["train"], virtual_node=True)
+    assert enc.uses_edges == (edges and conv in EDGE_CONVS)
+    h = enc(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)
+    assert h.shape == (batch.num_nodes, 16)
+    h.sum().backward()
+    assert all(p.grad is not None for p in enc.convs.parameters() if p.requires_grad)
+
+
+def test_edge_features_change_the_output(batch):
+    torch.manual_seed(0)
+    enc = GNNEncoder(hidden=16, num_layers=2, conv="gine", node_encoder="atom", edge_encoder="bond").eval()
+    a = enc(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
+    b = enc(batch.x, batch.edge_index, torch.zeros_like(batch.edge_attr), batch.batch)
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("jk, width", [("last", 16), ("sum", 16), ("max", 16), ("cat", 48)])
+def test_jumping_knowledge_widths(jk, width, batch):
+    enc = GNNEncoder(hidden=16, num_layers=3, conv="gin", node_encoder="atom", jk=jk)
+    assert enc.out_channels == width
+    assert enc(batch.x, batch.edge_index, batch=batch.batch).shape == (batch.num_nodes, width)
+
+
+def test_float_features_and_single_graph_without_batch_vector():
+    enc = GNNEncoder(in_channels=5, hidden=8, num_layers=2, conv="sage", norm="layer", virtual_node=True)
+    x = torch.randn(7, 5)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6]])
+    assert enc(x, edge_index).shape == (7, 8)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_graph_head_pools_per_graph(pool, batch):
+    head = GraphHead(16, 3, pool=pool, hidden=8)
+    out = head(torch.randn(batch.num_nodes, 16), batch.batch, batch.num_graphs)
+    assert out.shape == (batch.num_graphs, 3)
+
+
+def test_node_head_shape():
+    assert NodeHead(16, 4, hidden=8)(torch.randn(10, 16)).shape == (10, 4)
+
+
+def test_multitask_model_outputs_and_parameter_groups(batch, tiny_dataset):
+    enc = GNNEncoder(hidden=16, num_layers=2, conv="gine", node_encoder="atom", edge_encoder="bond")
+    model = MultiTaskGNN(enc, tiny_dataset.tasks)
+    out = model(batch)
+    assert out.preds["size"].shape == (batch.num_graphs, 1)
+    assert out.preds["degree"].shape == (batch.num_nodes, 4)
+    assert out.node_repr.shape == (batch.num_nodes, 16)
+    shared = {id(p) for p in model.shared_parameters()}
+    heads = {id(p) for t in tiny_dataset.tasks for p in model.task_parameters(t.name)}
+    assert shared.isdisjoint(heads)
+    assert shared | heads == {id(p) for p in model.parameters()}
+    assert {id(p) for p in model.last_shared_parameters()} <= shared
+    with pytest.raises(KeyError, match="nope"):
+        model.task_parameters("nope")
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(conv="gcnn"), "encoder.conv"),
+        (dict(conv="gat", hidden=10, heads=4), "encoder.heads"),
+        (dict(conv="pna"), "pna_deg"),
+        (dict(norm="group"), "encoder.norm"),
+        (dict(num_layers=0), "encoder.num_layers"),
+        (dict(node_encoder="linear", in_channels=0), "in_channels"),
+    ],
+)
+def test_bad_encoder_arguments_name_the_field(kwargs, key):
+    base = dict(node_encoder="atom", hidden=16)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=key):
+        GNNEncoder(**base)

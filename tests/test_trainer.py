@@ -1,0 +1,81 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from graph_mtl.balancers import create
+from graph_mtl.config import ModelConfig, TrainConfig
+from graph_mtl.engine.trainer import Trainer
+from graph_mtl.run import build_loaders, build_model
+
+
+def _trainer(dataset, out_dir, epochs, seed=0, balancer="ew", **train):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(conv="gine", hidden=16, num_layers=2, dropout=0.0), dataset)
+    train.setdefault("lr", 3e-3)
+    cfg = TrainConfig(epochs=epochs, progress=False, **train)
+    return Trainer(model, create(balancer, [t.name for t in dataset.tasks]), cfg, dataset.splits["train"],
+                   out_dir=out_dir, seed=seed, log=lambda _: None)
+
+
+def test_fit_lowers_the_training_loss_and_writes_run_files(tiny_dataset, tmp_path):
+    trainer = _trainer(tiny_dataset, tmp_path, epochs=15)
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    trainer.fit(loaders["train"], loaders["valid"])
+    losses = [row["train_loss"] for row in trainer.history]
+    assert losses[-1] < 0.7 * losses[0]
+    for name in ("best.pt", "last.pt", "metrics.csv", "steps.csv"):
+        assert (tmp_path / name).is_file()
+    rows = list(csv.DictReader((tmp_path / "steps.csv").open()))
+    assert len(rows) == trainer.step == 15 * 4
+    assert float(rows[0]["weight/size"]) == 1.0
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "valid/size" in header and "weight/ring" in header
+    result = trainer.test({"test": loaders["test"]})["test"]
+    assert set(result["per_task"]) == {t.name for t in tiny_dataset.tasks}
+    assert json.dumps(result, default=float)
+
+
+def test_resume_gives_the_same_weights_as_an_unbroken_run(tiny_dataset, tmp_path):
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    full = _trainer(tiny_dataset, tmp_path / "full", epochs=4)
+    full.fit(loaders["train"], loaders["valid"])
+
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    part = _trainer(tiny_dataset, tmp_path / "part", epochs=2)
+    part.fit(loaders["train"], loaders["valid"])
+    torch.manual_seed(123)  # disturb the global RNG: resume must restore it
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    resumed = _trainer(tiny_dataset, tmp_path / "part", epochs=4, seed=0)
+    resumed.fit(loaders["train"], loaders["valid"], resume=tmp_path / "part" / "last.pt")
+
+    assert resumed.epoch == full.epoch == 4
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_early_stopping_stops_when_the_monitor_stalls(tiny_dataset, tmp_path):
+    trainer = _trainer(tiny_dataset, None, epochs=50, patience=2, lr=1e-12, monitor="ring")
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    trainer.fit(loaders["train"], loaders["valid"])
+    assert trainer.epoch < 50
+    assert trainer.epoch - trainer.best_epoch == 2
+
+
+def test_fixed_weights_scale_the_loss(tiny_dataset):
+    trainer = _trainer(tiny_dataset, None, epochs=1)
+    trainer.balancer = create("fixed", [t.name for t in tiny_dataset.tasks], weights={"size": 0.0})
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    _, weights = trainer.train_step(next(iter(loaders["train"])))
+    assert weights[0] == 0.0 and weights[1] == 1.0
+    head = list(trainer.model.task_parameters("size"))
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in head)
+
+
+@pytest.mark.parametrize("monitor", ["loss", "size"])
+def test_other_monitors(tiny_dataset, monitor):
+    trainer = _trainer(tiny_dataset, None, epochs=2, monitor=monitor)
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    trainer.fit(loaders["train"], loaders["valid"])
+    assert trainer.best_epoch >= 1
