@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                        help="resume from a checkpoint (default: OUT/last.pt)")
-    train.add_argument("--debug", action="store_true", help="show full tracebacks")
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub.add_parser("list", help="list datasets, encoders, pooling and balancers")
     return parser
 

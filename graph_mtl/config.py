@@ -164,8 +164,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {sorted(fields)}"
-            raise ConfigError(f"config: unknown key {prefix}{key!r}{hint}")
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {sorted(fields)}"
+            raise ConfigError(f"config: unknown key '{prefix}{key}'{hint}")
     values = {}
     for name, value in raw.items():
         hint = hints[name]

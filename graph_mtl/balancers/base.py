@@ -7,9 +7,9 @@ A balancer turns the task losses of one step into gradients on the model. Two fa
 * Gradient methods (added on top of :class:`Balancer`) need per-task gradients of the *shared* parameters
   (or of the shared representation), combine them, and give every head the plain gradient of its own loss.
 
-Every balancer is constructed with the full, ordered list of task names. On each step it receives the losses of
-the tasks *present* in the batch (a task with no labels is absent) and returns the weight vector over all tasks,
-with 0 for absent tasks, for logging.
+Every balancer is constructed with the full, ordered list of task names. On each step it receives the losses
+of the tasks *present* in the batch (a task with no labels is absent) and returns the weight vector over all
+tasks, with 0 for absent tasks, for logging.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Balancer:
         task_params: dict[str, Iterable[nn.Parameter]] | None = None,
         last_shared_params: Iterable[nn.Parameter] | None = None,
     ) -> Tensor:
-        """Accumulate the balanced gradient into ``.grad`` of the parameters and return the weights ``[T]``."""
+        """Accumulate the balanced gradient into ``.grad`` of the parameters; return the weights ``[T]``."""
         raise NotImplementedError
 
     def present(self, losses: dict[str, Tensor]) -> tuple[list[int], Tensor]:
@@ -66,6 +66,9 @@ class Balancer:
         out = torch.zeros(self.num_tasks, dtype=torch.float32, device=w.device)
         out[index] = w.detach().float()
         return out
+
+    def on_epoch_end(self) -> None:
+        """Called by the trainer after every training epoch (DWA uses it); a no-op by default."""
 
     def state_dict(self) -> dict:
         """State to checkpoint (tensors and plain values)."""

@@ -178,8 +178,7 @@ class Trainer:
         stats = {"train_loss": float(np.mean([v for v, c in zip(mean_loss, loss_count.tolist()) if c > 0] or [0.0]))}
         stats.update({f"train_loss/{n}": v for n, v in zip(names, mean_loss)})
         stats.update({f"weight/{n}": v for n, v in zip(names, mean_weight)})
-        if hasattr(self.balancer, "on_epoch_end"):
-            self.balancer.on_epoch_end()
+        self.balancer.on_epoch_end()
         return stats
 
     def train_step(self, batch) -> tuple[dict[str, Tensor], Tensor]:

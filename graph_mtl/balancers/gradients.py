@@ -1,0 +1,150 @@
+"""The gradient engine: per-task gradients, Gramians and writing updates into ``.grad``.
+
+* :func:`jacobian` stacks the per-task gradients ``J [t, D]`` of the losses with respect to some tensors (the
+  shared parameters, or the shared representation) with ONE batched vector-Jacobian product
+  (``torch.autograd.grad(..., grad_outputs=I_t, is_grads_batched=True)``), chunked over tasks to bound memory.
+  When vmap cannot batch an op of the graph it falls back to one backward per task; a :class:`JacobianEngine`
+  remembers the fallback so the failing batched call is not retried every step.
+* :func:`normalized_gramian` returns ``G = (J/s)(J/s)^T`` with ``s = max|J|`` in float32: ``s`` keeps
+  gradients of 1e-20 or 1e20 representable (their squares are not), and the methods' weights are invariant
+  to a positive scaling of ``G`` (each built-in method is checked for it in the tests).
+* :func:`accumulate` adds a flat update into ``.grad`` the way ``backward()`` does.
+* :func:`leaf_parameters` finds the parameters a loss depends on by walking its autograd graph.
+
+AMP: with bf16 autocast the forward runs in bf16 but parameters (and so ``J``) are fp32; the Gramian, the
+weights and the combination are computed here with autocast disabled, in float32 (solvers use float64).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def trainable(params: Iterable[Tensor] | None) -> list[Tensor]:
+    """The parameters that require a gradient, each once, in order."""
+    seen: set[int] = set()
+    out = []
+    for p in params or ():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _flat(grads: Sequence[Tensor | None], inputs: Sequence[Tensor], rows: int | None) -> Tensor:
+    """Concatenate per-input gradients (``None`` = unused = zero) into ``[rows, D]`` (or ``[D]``)."""
+    parts = []
+    for g, x in zip(grads, inputs):
+        if g is None:
+            shape = (x.numel(),) if rows is None else (rows, x.numel())
+            g = x.new_zeros(shape)
+        parts.append(g.reshape(-1) if rows is None else g.reshape(rows, -1))
+    return torch.cat(parts, dim=-1)
+
+
+class JacobianEngine:
+    """Computes per-task Jacobians; remembers when the batched (vmap) product had to fall back.
+
+    Args:
+        chunk_size: tasks per batched vector-Jacobian product (``None``: all at once). Memory of one product
+            grows with it; ``J`` itself is ``[t, D]`` in any case.
+    """
+
+    def __init__(self, chunk_size: int | None = None) -> None:
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size < 1):
+            raise ValueError(f"balancer_args.chunk_size: expected an int >= 1 or None, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+        self.batched = True  # False once the batched product failed: one backward per task from then on
+        self.verified = False  # True once a batched product succeeded
+
+    def jacobian(self, losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool = True) -> Tensor:
+        """``J [t, D]``: row ``i`` is the gradient of ``losses[i]`` w.r.t. ``inputs`` (flattened, joined).
+
+        With ``retain_graph=False`` the last product frees the graph it traverses; that is only done once the
+        batched product is known to work here, since a failing one would leave a half-freed graph behind.
+        """
+        t = losses.numel()
+        if self.batched:
+            free_last = not retain_graph and self.verified
+            try:
+                eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
+                chunks = eye.split(self.chunk_size or t)
+                rows = []
+                for k, chunk in enumerate(chunks):
+                    keep = not (free_last and k == len(chunks) - 1)
+                    grads = torch.autograd.grad(losses, inputs, grad_outputs=chunk, retain_graph=keep,
+                                                allow_unused=True, is_grads_batched=True)
+                    rows.append(_flat(grads, inputs, len(chunk)))
+                self.verified = True
+                return torch.cat(rows) if len(rows) > 1 else rows[0]
+            except RuntimeError as err:  # an op without a vmap batching rule: one backward per task instead
+                if free_last:
+                    raise
+                self.batched = False
+                warnings.warn(f"balancer: batched per-task gradients failed ({str(err).splitlines()[0]}); "
+                              "falling back to one backward per task", RuntimeWarning, stacklevel=3)
+        rows = [_flat(torch.autograd.grad(losses[i], inputs, retain_graph=retain_graph or i < t - 1,
+                                          allow_unused=True), inputs, None)
+                for i in range(t)]
+        return torch.stack(rows)
+
+
+def gradient_scale(J: Tensor) -> Tensor:
+    """``s = max|J|`` (1 where ``J`` is all zero), a 0-dim float32 tensor on ``J``'s device (no host sync)."""
+    s = J.detach().abs().amax().float()
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def normalized_gramian(J: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(J/s, (J/s)(J/s)^T, s)`` in float32 with ``s = max|J|`` (``J`` is scaled in place when float32)."""
+    s = gradient_scale(J)
+    Jn = J.float().div_(s) if J.dtype == torch.float32 else J.float() / s
+    return Jn, Jn @ Jn.T, s
+
+
+def accumulate(params: Sequence[Tensor], flat: Tensor) -> None:
+    """Add ``flat [sum numel]`` into ``.grad`` of ``params`` (set it where ``.grad`` is ``None``)."""
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        g = g.view_as(p).to(p.dtype)
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.add_(g)
+
+
+def accumulate_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+    """Add per-parameter gradients (``None`` = nothing) into ``.grad``."""
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g.to(p.dtype)
+        else:
+            p.grad.add_(g)
+
+
+def leaf_parameters(roots: Sequence[Tensor]) -> list[Tensor]:
+    """Leaf tensors requiring grad that ``roots`` depend on, found by walking their autograd graph."""
+    seen: dict[int, object] = {}
+    leaves: dict[int, Tensor] = {}
+    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen[id(fn)] = fn  # keep the node alive so its id is not reused during the walk
+        variable = getattr(fn, "variable", None)  # AccumulateGrad nodes hold their leaf
+        if variable is not None:
+            leaves.setdefault(id(variable), variable)
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return list(leaves.values())
+
+
+def fp32_math(device: torch.device):
+    """A context in which autocast is off, so the balancer math stays in the dtype it is written for."""
+    return torch.autocast(device_type=device.type, enabled=False)
