@@ -197,7 +197,8 @@ class GNNEncoder(nn.Module):
 
     def __repr__(self) -> str:
         vn = ", virtual_node=True" if self.virtual_node is not None else ""
-        return f"{type(self).__name__}({self.conv_name}, hidden={self.hidden}, layers={self.num_layers}{vn}, jk={self.jk})"
+        name = type(self).__name__
+        return f"{name}({self.conv_name}, hidden={self.hidden}, layers={self.num_layers}{vn}, jk={self.jk})"
 
 
 def _edge_encoder(kind: str, channels: int, hidden: int) -> nn.Module:
