@@ -28,8 +28,8 @@ EDGE_ENCODERS: tuple[str, ...] = ("none", "linear", "bond")
 
 
 def _mlp(channels: int, hidden: int, batch_norm: bool = True) -> nn.Sequential:
-    """``channels -> hidden -> channels`` with ReLU (and batch norm over the rows, for node-level MLPs)."""
-    norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
+    """``channels -> hidden -> channels`` with ReLU and batch norm over the rows (layer norm when not)."""
+    norm = nn.BatchNorm1d(hidden) if batch_norm else nn.LayerNorm(hidden)
     return nn.Sequential(nn.Linear(channels, hidden), norm, nn.ReLU(), nn.Linear(hidden, channels))
 
 
@@ -137,7 +137,8 @@ class GNNEncoder(nn.Module):
         self.convs = nn.ModuleList(_make_conv(conv, hidden, edge_dim, heads, pna_deg) for _ in range(num_layers))
         self.norms = nn.ModuleList(_norm(norm, hidden) for _ in range(num_layers))
         self.virtual_node = nn.Embedding(1, hidden) if virtual_node else None
-        # no batch norm in the virtual-node MLP: it sees one row per graph, and a single-graph batch is common
+        # layer norm, not batch norm, in the virtual-node MLP: it sees one row per graph, and a single-graph
+        # batch is common; without any norm the summed pooling makes the virtual node explode early on
         self.vn_mlps = (nn.ModuleList(_mlp(hidden, 2 * hidden, batch_norm=False) for _ in range(num_layers - 1))
                         if virtual_node else None)
         self.reset_parameters()
