@@ -64,6 +64,8 @@ class TrainConfig:
     amp: bool = False
     balancer: str = "ew"
     balancer_args: dict[str, Any] = field(default_factory=dict)
+    grad_mode: str | None = None
+    update_every: int | None = None
     monitor: str = "gain"
     patience: int | None = None
     standardize_targets: bool = True
@@ -91,6 +93,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("batch", "layer", "none"),
     "model.jk": ("last", "sum", "max", "cat"),
     "model.pool": ("mean", "add", "max", "attention"),
+    "train.grad_mode": ("exact", "rep", "auto", None),
 }
 POSITIVE: tuple[str, ...] = (
     "data.batch_size", "model.hidden", "model.num_layers", "model.heads", "model.head_layers", "train.epochs",
@@ -143,6 +146,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 _SHORTCUTS: dict[str, str] = {
     "balancer": "train.balancer",
     "balancer_args": "train.balancer_args",
+    "grad_mode": "train.grad_mode",
+    "update_every": "train.update_every",
     "epochs": "train.epochs",
     "dataset": "data.name",
     "conv": "model.conv",

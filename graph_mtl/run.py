@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,9 @@ import torch
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import degree
 
+from graph_mtl.balancers import BALANCERS, Balancer
 from graph_mtl.balancers import create as create_balancer
-from graph_mtl.config import Config, ModelConfig
+from graph_mtl.config import Config, ModelConfig, TrainConfig
 from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.data.registry import load_dataset
 from graph_mtl.engine.checkpoint import seed_everything
@@ -40,6 +42,24 @@ def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
     )
     return MultiTaskGNN(encoder, dataset.tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
                         head_layers=cfg.head_layers, head_dropout=cfg.dropout)
+
+
+def build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
+    """The configured balancer; ``train.grad_mode`` / ``train.update_every`` are passed on when set."""
+    args = dict(cfg.balancer_args)
+    if cfg.balancer not in BALANCERS:
+        return create_balancer(cfg.balancer, task_names, **args)  # raises the unknown-name error
+    accepted = inspect.signature(BALANCERS[cfg.balancer].__init__).parameters
+    for key in ("grad_mode", "update_every"):
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if key in args and args[key] != value:
+            raise ValueError(f"train.{key}: {value!r} contradicts balancer_args.{key}={args[key]!r}; keep one")
+        if key not in accepted:
+            raise ValueError(f"train.{key}: balancer {cfg.balancer!r} has no {key} (only gradient methods do)")
+        args[key] = value
+    return create_balancer(cfg.balancer, task_names, **args)
 
 
 def degree_histogram(graphs: list) -> torch.Tensor:
@@ -79,8 +99,7 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     sizes = {k: len(v) for k, v in dataset.splits.items()}
     log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} ({time.perf_counter() - started:.1f}s)")
     model = build_model(config.model, dataset)
-    balancer = create_balancer(config.train.balancer, [t.name for t in dataset.tasks],
-                               **config.train.balancer_args)
+    balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     device = resolve_device(config.device)
     loaders = build_loaders(dataset, config.data.batch_size, config.seed, config.data.num_workers)
     trainer = Trainer(model, balancer, config.train, dataset.splits["train"], out_dir=out_dir, device=device,

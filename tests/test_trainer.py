@@ -1,13 +1,14 @@
 import csv
 import json
+import math
 
 import pytest
 import torch
 
-from graph_mtl.balancers import create
+from graph_mtl.balancers import BALANCERS, create
 from graph_mtl.config import ModelConfig, TrainConfig
 from graph_mtl.engine.trainer import Trainer
-from graph_mtl.run import build_loaders, build_model
+from graph_mtl.run import build_balancer, build_loaders, build_model
 
 
 def _trainer(dataset, out_dir, epochs, seed=0, balancer="ew", **train):
@@ -79,3 +80,33 @@ def test_other_monitors(tiny_dataset, monitor):
     loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
     trainer.fit(loaders["train"], loaders["valid"])
     assert trainer.best_epoch >= 1
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_every_balancer_trains_in_the_trainer_and_resumes(name, tiny_dataset, tmp_path):
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    trainer = _trainer(tiny_dataset, tmp_path, epochs=2, balancer=name)
+    trainer.fit(loaders["train"], loaders["valid"])
+    assert all(math.isfinite(row["train_loss"]) for row in trainer.history)
+    weights = [row[f"weight/{t.name}"] for row in trainer.history for t in tiny_dataset.tasks]
+    assert all(math.isfinite(w) for w in weights)
+    resumed = _trainer(tiny_dataset, tmp_path, epochs=3, balancer=name)
+    resumed.fit(loaders["train"], loaders["valid"], resume=tmp_path / "last.pt")
+    assert resumed.epoch == 3
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        (dict(balancer="ew", grad_mode="rep"), "train.grad_mode: balancer 'ew' has no grad_mode"),
+        (dict(balancer="pcgrad", grad_mode="rep", balancer_args={"grad_mode": "exact"}), "contradicts"),
+    ],
+)
+def test_grad_mode_keys_are_checked(train, message):
+    with pytest.raises(ValueError, match=message):
+        build_balancer(TrainConfig(**train), ["a", "b"])
+
+
+def test_grad_mode_and_update_every_reach_gradient_balancers():
+    balancer = build_balancer(TrainConfig(balancer="pcgrad", grad_mode="rep", update_every=3), ["a", "b"])
+    assert balancer.grad_mode == "rep" and balancer.update_every == 3
