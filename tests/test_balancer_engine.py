@@ -128,7 +128,7 @@ def test_chunked_and_sequential_jacobians_agree() -> None:
     losses, _ = losses_of(model, x, y)
     stacked = torch.stack(list(losses.values()))
     ref = reference_jacobian(list(stacked), model.shared())
-    chunked = JacobianEngine(chunk_size=2).jacobian(stacked, model.shared())
+    chunked = JacobianEngine(chunk_size=2, batched=True).jacobian(stacked, model.shared())
     sequential = JacobianEngine()
     sequential.batched = False
     assert torch.allclose(chunked, ref, atol=1e-6)
@@ -151,6 +151,7 @@ def test_falls_back_to_sequential_and_remembers() -> None:
     model = TinyMTL()
     x, y = batch()
     balancer = make("pcgrad")
+    balancer.engine.batched = True  # the CPU default is the per-task loop; force the batched try
 
     def no_vmap_losses():
         z = NoVmap.apply(model.trunk(x))

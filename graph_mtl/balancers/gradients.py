@@ -4,7 +4,10 @@
   shared parameters, or the shared representation) with ONE batched vector-Jacobian product
   (``torch.autograd.grad(..., grad_outputs=I_t, is_grads_batched=True)``), chunked over tasks to bound memory.
   When vmap cannot batch an op of the graph it falls back to one backward per task; a :class:`JacobianEngine`
-  remembers the fallback so the failing batched call is not retried every step.
+  remembers the fallback so the failing batched call is not retried every step. On the CPU the engine takes
+  one backward per task from the start: there the batched product does the same arithmetic with vmap's
+  overhead on top (1.4x slower than a per-task loop for PCGrad on a 5x300 GIN, ``benchmarks/step_time.py``),
+  while on a GPU it fills the device with one launch instead of ``t``.
 * :func:`normalized_gramian` returns ``G = (J/s)(J/s)^T`` with ``s = max|J|`` in float32: ``s`` keeps
   gradients of 1e-20 or 1e20 representable (their squares are not), and the methods' weights are invariant
   to a positive scaling of ``G`` (each built-in method is checked for it in the tests).
@@ -52,14 +55,16 @@ class JacobianEngine:
     Args:
         chunk_size: tasks per batched vector-Jacobian product (``None``: all at once). Memory of one product
             grows with it; ``J`` itself is ``[t, D]`` in any case.
+        batched: ``True`` for the batched product, ``False`` for one backward per task, ``None`` (default) for
+            batched everywhere but on the CPU.
     """
 
-    def __init__(self, chunk_size: int | None = None) -> None:
+    def __init__(self, chunk_size: int | None = None, batched: bool | None = None) -> None:
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
             raise ValueError(f"balancer_args.chunk_size: expected an int >= 1 or None, got {chunk_size!r}")
         self.chunk_size = chunk_size
-        self.batched = True  # False once the batched product failed: one backward per task from then on
+        self.batched = batched  # set to False once the batched product failed: one backward per task from then on
         self.verified = False  # True once a batched product succeeded
 
     def jacobian(self, losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool = True) -> Tensor:
@@ -69,7 +74,7 @@ class JacobianEngine:
         batched product is known to work here, since a failing one would leave a half-freed graph behind.
         """
         t = losses.numel()
-        if self.batched:
+        if self.batched or (self.batched is None and losses.device.type != "cpu"):
             free_last = not retain_graph and self.verified
             try:
                 eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
