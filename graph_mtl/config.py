@@ -61,7 +61,7 @@ class TrainConfig:
     scheduler: str = "none"
     warmup_epochs: int = 0
     grad_clip: float | None = 5.0
-    amp: bool = False
+    amp: str = "none"
     balancer: str = "ew"
     balancer_args: dict[str, Any] = field(default_factory=dict)
     grad_mode: str | None = None
@@ -94,6 +94,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.jk": ("last", "sum", "max", "cat"),
     "model.pool": ("mean", "add", "max", "attention"),
     "train.grad_mode": ("exact", "rep", "auto", None),
+    "train.amp": ("none", "bf16", "fp16"),
 }
 POSITIVE: tuple[str, ...] = (
     "data.batch_size", "model.hidden", "model.num_layers", "model.heads", "model.head_layers", "train.epochs",

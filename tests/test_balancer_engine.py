@@ -206,3 +206,25 @@ def test_chunked_balancer_matches_unchunked() -> None:
 
 def test_at_least_sixteen_balancers() -> None:
     assert len(BALANCERS) >= 16
+
+
+@pytest.mark.parametrize("mode", ["exact", "rep"])
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_grad_scale_scales_the_update_and_keeps_the_weights(name: str, mode: str) -> None:
+    """fp16 loss scaling: ``.grad`` is ``s`` times the unscaled step's and the weights are those of the
+    unscaled step (per-task gradients are unscaled before aggregating), for every balancer."""
+    if mode == "rep" and not issubclass(BALANCERS[name], GradientBalancer):
+        pytest.skip("loss weightings have no grad_mode")
+    kwargs = {"grad_mode": mode} if issubclass(BALANCERS[name], GradientBalancer) else {}
+    if name == "dbmtl" and mode == "rep":
+        kwargs["beta"] = 0.0
+    model, (x, y), scale = TinyMTL(), batch(), 1024.0
+    plain_w = step(make(name, **kwargs), model, x, y)
+    plain = flat_grad(model.parameters())
+    model.zero_grad(set_to_none=True)
+    losses, z = losses_of(model, x, y)
+    scaled_w = make(name, **kwargs).backward(losses, shared_params=model.shared(), representation=z,
+                                             task_params=model.task_params(),
+                                             last_shared_params=model.last_shared(), grad_scale=scale)
+    assert torch.allclose(scaled_w, plain_w, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(flat_grad(model.parameters()) / scale, plain, rtol=1e-4, atol=1e-6)

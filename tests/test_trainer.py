@@ -110,3 +110,15 @@ def test_grad_mode_keys_are_checked(train, message):
 def test_grad_mode_and_update_every_reach_gradient_balancers():
     balancer = build_balancer(TrainConfig(balancer="pcgrad", grad_mode="rep", update_every=3), ["a", "b"])
     assert balancer.grad_mode == "rep" and balancer.update_every == 3
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_checkpoints_the_scaler(amp, tiny_dataset, tmp_path):
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    trainer = _trainer(tiny_dataset, tmp_path, epochs=2, balancer="pcgrad", amp=amp)
+    trainer.fit(loaders["train"], loaders["valid"])
+    assert all(math.isfinite(row["train_loss"]) for row in trainer.history)
+    assert trainer.grad_scaler.is_enabled() == (amp == "fp16")
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    if amp == "fp16":
+        assert state["grad_scaler"]["scale"] == trainer.grad_scaler.get_scale()

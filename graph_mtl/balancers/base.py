@@ -49,8 +49,15 @@ class Balancer:
         representation: Tensor | Sequence[Tensor] | None = None,
         task_params: dict[str, Iterable[nn.Parameter]] | None = None,
         last_shared_params: Iterable[nn.Parameter] | None = None,
+        grad_scale: float | Tensor | None = None,
     ) -> Tensor:
-        """Accumulate the balanced gradient into ``.grad`` of the parameters; return the weights ``[T]``."""
+        """Accumulate the balanced gradient into ``.grad`` of the parameters; return the weights ``[T]``.
+
+        ``grad_scale`` is fp16 loss scaling (``GradScaler.get_scale()``): ``losses`` are given unscaled, every
+        gradient written into ``.grad`` is ``grad_scale`` times the unscaled one (``scaler.step`` unscales it
+        and skips the step on inf), and per-task gradients are unscaled before a method combines them, so
+        methods that are not scale-equivariant see the true gradients.
+        """
         raise NotImplementedError
 
     def present(self, losses: dict[str, Tensor]) -> tuple[list[int], Tensor]:
@@ -89,8 +96,13 @@ class LossWeighting(Balancer):
         raise NotImplementedError
 
     def backward(self, losses, *, shared_params=None, representation=None, task_params=None,
-                 last_shared_params=None) -> Tensor:
+                 last_shared_params=None, grad_scale=None) -> Tensor:
         index, stacked = self.present(losses)
         w = self.weights(stacked.detach(), index).to(stacked.dtype)
-        (w * stacked).sum().backward()
+        (scaled(stacked, grad_scale) * w).sum().backward()
         return self.full_weights(index, w)
+
+
+def scaled(losses: Tensor, grad_scale: float | Tensor | None) -> Tensor:
+    """``losses * grad_scale`` (the losses themselves when there is no scale), for fp16 loss scaling."""
+    return losses if grad_scale is None else losses * grad_scale

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from graph_mtl.balancers.base import Balancer
+from graph_mtl.balancers.base import Balancer, scaled
 from graph_mtl.balancers.gradients import (
     JacobianEngine,
     accumulate,
@@ -101,12 +101,15 @@ class GradientBalancer(Balancer):
     def backward(self, losses: dict[str, Tensor], *, shared_params: Iterable[nn.Parameter],
                  representation: Tensor | Sequence[Tensor] | None = None,
                  task_params: dict[str, Iterable[nn.Parameter]] | None = None,
-                 last_shared_params: Iterable[nn.Parameter] | None = None) -> Tensor:
+                 last_shared_params: Iterable[nn.Parameter] | None = None,
+                 grad_scale: float | Tensor | None = None) -> Tensor:
         index, stacked = self.present(losses)
         shared = trainable(shared_params)
         heads = self._head_params(index, stacked, shared, task_params)
         reuse = (self._step % self.update_every != 0) and bool(self._known[index].all())
         self._step += 1
+        loss_values = stacked.detach().float()
+        stacked = scaled(stacked, grad_scale)  # every gradient below carries the scale; J is unscaled
         self._plain_head_grads(stacked, heads)
         if reuse:  # amortised step: stale weights, one backward restricted to the shared parameters
             w = self._last[index].to(stacked.device)
@@ -119,7 +122,11 @@ class GradientBalancer(Balancer):
             raise ValueError(f"{self.name or type(self).__name__}: no shared parameters require grad")
         J = self.engine.jacobian(stacked, targets, retain_graph=not exact)
         with fp32_math(stacked.device):
-            update, w = self.aggregate(J, stacked.detach().float(), index)
+            if grad_scale is not None:  # unscale before aggregating: not every method is scale-equivariant
+                J = J.float() / grad_scale
+            update, w = self.aggregate(J, loss_values, index)
+            if grad_scale is not None:
+                update = update * grad_scale
         del J
         if exact:
             accumulate(shared, update)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from graph_mtl.balancers.base import Balancer
+from graph_mtl.balancers.base import Balancer, scaled
 from graph_mtl.balancers.gradients import JacobianEngine, fp32_math, trainable
 from graph_mtl.balancers.learned import LearnedVector
 from graph_mtl.balancers.registry import register
@@ -61,7 +61,8 @@ class GradNorm(Balancer):
     def backward(self, losses: dict[str, Tensor], *, shared_params: Iterable[nn.Parameter] | None = None,
                  representation: Tensor | Sequence[Tensor] | None = None,
                  task_params: dict[str, Iterable[nn.Parameter]] | None = None,
-                 last_shared_params: Iterable[nn.Parameter] | None = None) -> Tensor:
+                 last_shared_params: Iterable[nn.Parameter] | None = None,
+                 grad_scale: float | Tensor | None = None) -> Tensor:
         index, stacked = self.present(losses)
         W = trainable(last_shared_params)
         if not W:
@@ -72,7 +73,10 @@ class GradNorm(Balancer):
         initial = self.initial.to(device)
         initial[index] = torch.where(torch.isnan(initial[index]), detached, initial[index])
         self.initial = initial
+        stacked = scaled(stacked, grad_scale)
         norms = self.engine.jacobian(stacked, W).float().norm(dim=1)  # ||grad_W L_i||, graph retained
+        if grad_scale is not None:
+            norms = norms / grad_scale  # unscaled: L_grad is not scale-equivariant
         w_step = w_all.detach()[index].clone()
         (w_step.to(stacked.dtype) * stacked).sum().backward()  # the network: sum_i w_i L_i
         with fp32_math(device), torch.enable_grad():

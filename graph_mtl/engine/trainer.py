@@ -106,6 +106,8 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self._amp = cfg.amp
+        # fp16 needs loss scaling; the balancer unscales per-task gradients before combining them
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -190,23 +192,29 @@ class Trainer:
         losses = task_losses(self.tasks, out.preds, batch, self.scalers)
         if not losses:
             return losses, torch.zeros(len(self.tasks), device=self.device)
+        scaler = self.grad_scaler
         weights = self.balancer.backward(
             losses,
             shared_params=list(self.model.shared_parameters()),
             representation=out.node_repr,
             task_params={t.name: list(self.model.task_parameters(t.name)) for t in self.tasks},
             last_shared_params=list(self.model.last_shared_parameters()),
+            # scale(1) is the current scale as a device tensor: no host sync (it also initialises the scaler)
+            grad_scale=scaler.scale(torch.ones((), device=self.device)) if scaler.is_enabled() else None,
         )
+        scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        scaler.step(self.optimizer)  # skipped (and the scale lowered) when a gradient is inf or NaN
+        scaler.update()
         self.step += 1
         return losses, weights.to(self.device)
 
     def _autocast(self):
-        if not self._amp:
+        if self._amp == "none":
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        dtype = torch.bfloat16 if self._amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------------------------------ evaluation
 
@@ -283,6 +291,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "balancer": self.balancer.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "best_score": self.best_score,
@@ -301,6 +310,8 @@ class Trainer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.balancer.load_state_dict(state["balancer"])
+        if state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         for key in ("epoch", "step", "best_score", "best_epoch", "bad_epochs", "scalers", "history"):
             setattr(self, key, state[key])
         set_rng_state(state["rng"])
