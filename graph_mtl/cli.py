@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                        help="resume from a checkpoint (default: OUT/last.pt)")
+    train.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                       help="train once per seed into OUT/seed<N> and report mean ± std (e.g. --seeds 0,1,2)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub.add_parser("list", help="list datasets, encoders, pooling and balancers")
     return parser
@@ -43,9 +45,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
-    from graph_mtl.run import results_table, train
+    from graph_mtl.run import results_table, seed_table, train, train_seeds
 
     out = Path(args.out)
+    if args.seeds is not None:
+        if args.resume is not None:
+            raise ValueError("--resume: resume one seed's run with --out OUT/seed<N> instead of --seeds")
+        seeds = _parse_seeds(args.seeds)
+        summary = train_seeds(config, seeds, out)
+        print()
+        print(seed_table(summary))
+        print(f"\nper-seed runs in {out}/seed<N>; summary in {out}/summary.json and {out}/summary.md")
+        return 0
     resume = None
     if args.resume is not None:
         resume = Path(args.resume) if args.resume else out / "last.pt"
@@ -55,6 +66,16 @@ def _train(args: argparse.Namespace) -> int:
     print(f"\nbest epoch {results['best_epoch']} of {results['epochs_run']}; "
           f"{results['seconds']:.0f}s; results in {out}/results.json")
     return 0
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct comma-separated integers like 0,1,2, got {text!r}")
+    return seeds
 
 
 def _list() -> int:

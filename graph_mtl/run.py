@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Callable
@@ -97,13 +98,17 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     started = time.perf_counter()
     dataset = load_dataset(config.data)
     sizes = {k: len(v) for k, v in dataset.splits.items()}
+    empty = [k for k, n in sizes.items() if n == 0]
+    if empty:
+        raise ValueError(f"data: the {'/'.join(empty)} split of {dataset.name} is empty (splits {sizes}); "
+                         "raise data.limit or use a larger dataset")
     log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} ({time.perf_counter() - started:.1f}s)")
     model = build_model(config.model, dataset)
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     device = resolve_device(config.device)
     loaders = build_loaders(dataset, config.data.batch_size, config.seed, config.data.num_workers)
     trainer = Trainer(model, balancer, config.train, dataset.splits["train"], out_dir=out_dir, device=device,
-                      seed=config.seed, log=log)
+                      seed=config.seed, log=log, summary=dataset_summary(dataset))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
     trainer.fit(loaders["train"], loaders["valid"], resume=resume)
@@ -119,6 +124,65 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     }
     write_json(results, out_dir / "results.json")
     return results
+
+
+def dataset_summary(dataset: MultiTaskDataset) -> Callable[[dict, dict], dict[str, Any]] | None:
+    """The whole-dataset score of a dataset that has an official one (OGB's Evaluator), else ``None``."""
+    from graph_mtl.data.ogb_mol import is_ogb_mol, ogb_summary
+
+    if not is_ogb_mol(dataset.name):
+        return None
+    tasks = list(dataset.tasks)
+    return lambda y_true, y_pred: ogb_summary(dataset.name, tasks, y_true, y_pred)
+
+
+def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """:func:`train` once per seed into ``out_dir/seed<N>``; ``summary.json`` and ``summary.md`` hold the mean and
+    standard deviation over seeds of every test and validation metric (at each run's best validation epoch)."""
+    out_dir = Path(out_dir)
+    runs = []
+    for seed in seeds:
+        log(f"--- seed {seed} ---")
+        runs.append(train(dataclasses.replace(config, seed=seed), out_dir / f"seed{seed}", log=log))
+    summary = seed_summary(runs, seeds)
+    write_json(summary, out_dir / "summary.json")
+    (out_dir / "summary.md").write_text(seed_table(summary) + "\n")
+    return summary
+
+
+def _scores(result: dict[str, Any]) -> dict[str, float]:
+    """Every numeric score of one split's result: per-task metrics and the summary (e.g. ``ogb/rocauc``)."""
+    scores = {k: v for k, v in result["per_task"].items() if v is not None}
+    scores.update({k: v for k, v in result.get("summary", {}).items() if isinstance(v, float)})
+    return scores
+
+
+def seed_summary(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Mean and sample standard deviation (``ddof=1``; 0 for one seed) over runs, per split and score."""
+    import numpy as np
+
+    summary: dict[str, Any] = {"dataset": runs[0]["dataset"], "seeds": seeds, "tasks": runs[0]["tasks"]}
+    for split in ("valid", "test"):
+        table = {}
+        scores = [_scores(r[split]) for r in runs]
+        for key in scores[0]:
+            values = np.array([s[key] for s in scores if key in s], dtype=float)
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            table[key] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
+        summary[split] = table
+    return summary
+
+
+def seed_table(summary: dict[str, Any]) -> str:
+    """Markdown table of ``mean +- std`` per score, valid and test side by side."""
+    lines = [f"{summary['dataset']}, seeds {summary['seeds']}", "",
+             "| score | valid | test |", "|---|---|---|"]
+    for key, test in summary["test"].items():
+        valid = summary["valid"].get(key)
+        cell = "-" if valid is None else f"{valid['mean']:.4f} ± {valid['std']:.4f}"
+        lines.append(f"| {key} | {cell} | {test['mean']:.4f} ± {test['std']:.4f} |")
+    return "\n".join(lines)
 
 
 def results_table(results: dict[str, Any], split: str = "test") -> str:
@@ -138,4 +202,6 @@ def results_table(results: dict[str, Any], split: str = "test") -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     skipped = res.get("skipped") or []
     footer = f"\nskipped (no metric defined on {split}): {', '.join(skipped)}" if skipped else ""
+    for key, value in res.get("summary", {}).items():
+        footer += f"\n{key}: {value:.4f}" if isinstance(value, float) else f"\n{key}: {value}"
     return "\n".join(lines) + footer

@@ -14,6 +14,20 @@ def _embedded(cfg: DataConfig) -> MultiTaskDataset:
     return load_embedded(cache_dir=cfg.root, limit=cfg.limit)
 
 
+def _csv(cfg: DataConfig) -> MultiTaskDataset:
+    from graph_mtl.data.csv_dataset import load_csv
+
+    if not cfg.csv:
+        raise ValueError("data.csv: name 'csv' needs the path of a CSV file (data.csv: molecules.csv)")
+    return load_csv(cfg)
+
+
+def _ogb_mol(cfg: DataConfig) -> MultiTaskDataset:
+    from graph_mtl.data.ogb_mol import load_ogb_mol
+
+    return load_ogb_mol(cfg.name, cfg.root, cfg.task_view, cfg.limit)
+
+
 def _sbm(cfg: DataConfig) -> MultiTaskDataset:
     from graph_mtl.data.synthetic import load_sbm
 
@@ -24,14 +38,17 @@ def _sbm(cfg: DataConfig) -> MultiTaskDataset:
 DATASETS: dict[str, tuple[Callable[[DataConfig], MultiTaskDataset], str]] = {
     "embedded": (_embedded, "~5k NCI molecules shipped with RDKit; RDKit-computed graph and atom labels"),
     "sbm": (_sbm, "generated stochastic block model graph with several node labels"),
+    "csv": (_csv, "your CSV of SMILES and label columns (data.csv, data.smiles_column, data.label_columns)"),
+    "ogbg-mol*": (_ogb_mol, "any OGB molecular dataset, e.g. ogbg-moltox21 (data.root, data.task_view)"),
 }
 
 
 def load_dataset(cfg: DataConfig) -> MultiTaskDataset:
     """Load the dataset named in ``cfg`` and keep only ``cfg.tasks`` when given."""
-    if cfg.name not in DATASETS:
+    key = "ogbg-mol*" if cfg.name.startswith("ogbg-mol") else cfg.name
+    if key not in DATASETS:
         raise ValueError(f"data.name: unknown dataset {cfg.name!r}; choose one of {sorted(DATASETS)}")
-    dataset = DATASETS[cfg.name][0](cfg)
+    dataset = DATASETS[key][0](cfg)
     if cfg.tasks:
         known = [t.name for t in dataset.tasks]
         unknown = [n for n in cfg.tasks if n not in known]

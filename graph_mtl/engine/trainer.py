@@ -81,12 +81,17 @@ class Trainer:
         device: torch device.
         seed: seed of the shuffling of each epoch.
         log: where one-line progress messages go.
+        summary: ``summary(y_true, y_pred) -> {name: value}``, extra whole-dataset scores computed at every
+            evaluation from the per-task labels and predictions (OGB's Evaluator for OGB datasets); they are
+            logged as ``valid/<name>`` and reported under ``"summary"``.
     """
 
     def __init__(self, model: MultiTaskGNN, balancer: Balancer, cfg: TrainConfig, train_graphs: list,
                  out_dir: str | Path | None = None, device: torch.device | str = "cpu", seed: int = 0,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 summary: Callable[[dict, dict], dict[str, Any]] | None = None) -> None:
         self.device = torch.device(device)
+        self.summary = summary
         self.model = model.to(self.device)
         self.tasks: list[Task] = model.tasks
         self.balancer = balancer
@@ -135,12 +140,14 @@ class Trainer:
             record = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], **train_stats,
                       "valid_loss": valid["loss"], "valid_gain": valid["gain"], "monitor": score,
                       **{f"valid/{k}": v for k, v in valid["per_task"].items()},
+                      **{f"valid/{k}": v for k, v in valid["summary"].items() if isinstance(v, (int, float))},
                       "seconds": time.perf_counter() - started}
             self.history.append(record)
             self._write_epoch(record, improved)
             mark = "  *best" if improved else ""
+            extra = "".join(f"valid {k} {v:.4f}  " for k, v in valid["summary"].items() if isinstance(v, float))
             self.log(f"epoch {self.epoch:3d}/{self.cfg.epochs}  train loss {train_stats['train_loss']:.4f}  "
-                     f"valid loss {valid['loss']:.4f}  valid gain {valid['gain']:+.3f}  "
+                     f"valid loss {valid['loss']:.4f}  valid gain {valid['gain']:+.3f}  {extra}"
                      f"{record['seconds']:.1f}s{mark}")
             if self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience:
                 self.log(f"early stop: no improvement of '{self.cfg.monitor}' for {self.cfg.patience} epochs")
@@ -258,6 +265,7 @@ class Trainer:
         result["baseline"] = baseline["per_task"]
         result["loss"] = loss
         result["gain"] = relative_gain(self.tasks, result["per_task"], baseline["per_task"])
+        result["summary"] = self.summary(true, pred) if self.summary is not None else {}
         return result
 
     def monitor_score(self, valid: dict[str, Any]) -> float:
