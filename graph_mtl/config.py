@@ -40,6 +40,8 @@ class DataConfig:
     label_kinds: dict[str, str] = field(default_factory=dict)
     split: str = "scaffold"
     split_seed: int = 0
+    #: Planetoid (cora, citeseer, pubmed): auxiliary node tasks next to ``class`` (None: all of them)
+    aux_tasks: list[str] | None = None
 
 
 @dataclass

@@ -28,6 +28,12 @@ def _ogb_mol(cfg: DataConfig) -> MultiTaskDataset:
     return load_ogb_mol(cfg.name, cfg.root, cfg.task_view, cfg.limit)
 
 
+def _planetoid(cfg: DataConfig) -> MultiTaskDataset:
+    from graph_mtl.data.planetoid import load_planetoid
+
+    return load_planetoid(cfg.name, cfg.root, cfg.aux_tasks)
+
+
 def _sbm(cfg: DataConfig) -> MultiTaskDataset:
     from graph_mtl.data.synthetic import load_sbm
 
@@ -39,6 +45,9 @@ DATASETS: dict[str, tuple[Callable[[DataConfig], MultiTaskDataset], str]] = {
     "embedded": (_embedded, "~5k NCI molecules shipped with RDKit; RDKit-computed graph and atom labels"),
     "sbm": (_sbm, "generated stochastic block model graph with several node labels"),
     "csv": (_csv, "your CSV of SMILES and label columns (data.csv, data.smiles_column, data.label_columns)"),
+    "cora": (_planetoid, "Planetoid Cora: class on the public split + degree/clustering/pagerank node tasks"),
+    "citeseer": (_planetoid, "Planetoid CiteSeer, same tasks as cora (data.aux_tasks picks the auxiliary ones)"),
+    "pubmed": (_planetoid, "Planetoid PubMed, same tasks as cora"),
     "ogbg-mol*": (_ogb_mol, "any OGB molecular dataset, e.g. ogbg-moltox21 (data.root, data.task_view)"),
 }
 
