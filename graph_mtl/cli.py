@@ -1,4 +1,4 @@
-"""The ``graph-mtl`` command: ``train`` a multi-task model, ``list`` what is available."""
+"""The ``graph-mtl`` command: ``train`` a multi-task model, ``report`` on a run, ``list`` what is available."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="resume from a checkpoint (default: OUT/last.pt)")
     train.add_argument("--seeds", default=None, metavar="S1,S2,...",
                        help="train once per seed into OUT/seed<N> and report mean ± std (e.g. --seeds 0,1,2)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar (same as --set train.progress=false)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    report = sub.add_parser("report", help="plots and a Markdown report (RUN_DIR/report/report.md) of a run")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by graph-mtl train")
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub.add_parser("list", help="list datasets, encoders, pooling and balancers")
     return parser
 
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
+        if args.command == "report":
+            return _report(args)
         return _train(args)
     except USER_ERRORS as error:
         if args.debug:
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, [*args.set, *(["train.progress=false"] if args.quiet else [])])
     from graph_mtl.run import results_table, seed_table, train, train_seeds
 
     out = Path(args.out)
@@ -65,6 +71,13 @@ def _train(args: argparse.Namespace) -> int:
     print(results_table(results, "test"))
     print(f"\nbest epoch {results['best_epoch']} of {results['epochs_run']}; "
           f"{results['seconds']:.0f}s; results in {out}/results.json")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from graph_mtl.report import write_report
+
+    print(write_report(Path(args.run_dir)))
     return 0
 
 

@@ -83,6 +83,10 @@ class TrainConfig:
     standardize_targets: bool = True
     max_steps_per_epoch: int | None = None
     progress: bool = True
+    #: gradient-conflict monitor (graph_mtl/engine/monitor.py): observe every N-th step (None: off), with the
+    #: gradients at the shared representation (``rep``, cheap) or at the shared parameters (``exact``)
+    monitor_every: int | None = None
+    monitor_mode: str = "rep"
 
 
 @dataclass
@@ -109,6 +113,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pool": ("mean", "add", "max", "attention"),
     "train.grad_mode": ("exact", "rep", "auto", None),
     "train.amp": ("none", "bf16", "fp16"),
+    "train.monitor_mode": ("rep", "exact"),
     "data.task_view": ("columns", "multilabel"),
     "data.split": ("scaffold", "random"),
 }
@@ -286,6 +291,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if train.grad_clip is not None and train.grad_clip <= 0:
         raise ConfigError("train.grad_clip: must be > 0, or null to disable clipping")
+    if train.monitor_every is not None and train.monitor_every < 1:
+        raise ConfigError("train.monitor_every: must be >= 1, or null to turn the conflict monitor off")
     if train.patience is not None and train.patience < 1:
         raise ConfigError("train.patience: must be >= 1, or null to disable early stopping")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):

@@ -20,6 +20,7 @@ from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.data.registry import load_dataset
 from graph_mtl.engine.checkpoint import seed_everything
 from graph_mtl.engine.metrics import better
+from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS
@@ -88,7 +89,8 @@ def build_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, num_wor
 def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a whole training from ``config``: writes ``config.yaml``, ``metrics.csv``, ``steps.csv``,
-    ``best.pt``, ``last.pt`` and ``results.json`` into ``out_dir`` and returns the results."""
+    ``best.pt``, ``last.pt`` and ``results.json`` (and ``conflicts.jsonl`` with ``train.monitor_every``) into
+    ``out_dir`` and returns the results."""
     import yaml
 
     out_dir = Path(out_dir)
@@ -107,8 +109,12 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     device = resolve_device(config.device)
     loaders = build_loaders(dataset, config.data.batch_size, config.seed, config.data.num_workers)
+    monitor = None
+    if config.train.monitor_every is not None:
+        monitor = ConflictMonitor([t.name for t in dataset.tasks], every=config.train.monitor_every,
+                                  mode=config.train.monitor_mode, out_dir=out_dir, append=resume is not None)
     trainer = Trainer(model, balancer, config.train, dataset.splits["train"], out_dir=out_dir, device=device,
-                      seed=config.seed, log=log, summary=dataset_summary(dataset))
+                      seed=config.seed, log=log, summary=dataset_summary(dataset), monitor=monitor)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
     trainer.fit(loaders["train"], loaders["valid"], resume=resume)
@@ -122,6 +128,9 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
         "tasks": {t.name: {"level": t.level, "kind": t.kind, "metric": t.metric} for t in dataset.tasks},
         **{split: {k: v for k, v in res.items()} for split, res in evaluated.items()},
     }
+    if monitor is not None:
+        monitor.close()
+        results["conflicts"] = monitor.summary()
     write_json(results, out_dir / "results.json")
     return results
 

@@ -27,6 +27,7 @@ from graph_mtl.engine.checkpoint import (
     set_rng_state,
 )
 from graph_mtl.engine.metrics import baseline_predictions, evaluate_tasks
+from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.models.multitask import MultiTaskGNN
 from graph_mtl.tasks import Scalers, Task, collect_labels, fit_scalers, task_losses
 
@@ -84,13 +85,16 @@ class Trainer:
         summary: ``summary(y_true, y_pred) -> {name: value}``, extra whole-dataset scores computed at every
             evaluation from the per-task labels and predictions (OGB's Evaluator for OGB datasets); they are
             logged as ``valid/<name>`` and reported under ``"summary"``.
+        monitor: a gradient-conflict monitor, observed in every step before the balancer's backward.
     """
 
     def __init__(self, model: MultiTaskGNN, balancer: Balancer, cfg: TrainConfig, train_graphs: list,
                  out_dir: str | Path | None = None, device: torch.device | str = "cpu", seed: int = 0,
                  log: Callable[[str], None] = print,
-                 summary: Callable[[dict, dict], dict[str, Any]] | None = None) -> None:
+                 summary: Callable[[dict, dict], dict[str, Any]] | None = None,
+                 monitor: ConflictMonitor | None = None) -> None:
         self.device = torch.device(device)
+        self.monitor = monitor
         self.summary = summary
         self.model = model.to(self.device)
         self.tasks: list[Task] = model.tasks
@@ -127,6 +131,8 @@ class Trainer:
         while self.epoch < self.cfg.epochs:
             self.epoch += 1
             started = time.perf_counter()
+            if self.monitor is not None:
+                self.monitor.epoch = self.epoch
             _reseed_loader(train_loader, self.seed * 100_003 + self.epoch)
             train_stats = self.train_epoch(train_loader)
             valid = self.evaluate(valid_loader)
@@ -179,7 +185,8 @@ class Trainer:
             weight_sum += weights
             step_rows.append((self.epoch, self.step, values, present, weights))
             if not bar.disable and steps % 10 == 0:
-                shown = {n[:8]: f"{v:.3f}" for n, v in zip(names[:6], (loss_sum / loss_count.clamp(min=1)).tolist())}
+                means = (loss_sum / loss_count.clamp(min=1)).tolist()
+                shown = {n[:8]: f"{v:.3f} w{w:.2f}" for n, v, w in zip(names[:6], means, weights.tolist())}
                 bar.set_postfix(shown)
         self._write_steps(step_rows, names)
         mean_loss = (loss_sum / loss_count.clamp(min=1)).tolist()
@@ -200,15 +207,21 @@ class Trainer:
         if not losses:
             return losses, torch.zeros(len(self.tasks), device=self.device)
         scaler = self.grad_scaler
+        # scale(1) is the current scale as a device tensor: no host sync (it also initialises the scaler)
+        grad_scale = scaler.scale(torch.ones((), device=self.device)) if scaler.is_enabled() else None
+        if self.monitor is not None:  # before the balancer, whose backward frees the graph (engine/monitor.py)
+            self.monitor.observe(self.step + 1, losses, self.model.shared_parameters(), out.node_repr, None,
+                                 grad_scale=grad_scale)
         weights = self.balancer.backward(
             losses,
             shared_params=list(self.model.shared_parameters()),
             representation=out.node_repr,
             task_params={t.name: list(self.model.task_parameters(t.name)) for t in self.tasks},
             last_shared_params=list(self.model.last_shared_parameters()),
-            # scale(1) is the current scale as a device tensor: no host sync (it also initialises the scaler)
-            grad_scale=scaler.scale(torch.ones((), device=self.device)) if scaler.is_enabled() else None,
+            grad_scale=grad_scale,
         )
+        if self.monitor is not None:
+            self.monitor.record_weights(weights)  # the step's weights join the observation made above
         scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
