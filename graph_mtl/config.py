@@ -42,6 +42,12 @@ class DataConfig:
     split_seed: int = 0
     #: Planetoid (cora, citeseer, pubmed): auxiliary node tasks next to ``class`` (None: all of them)
     aux_tasks: list[str] | None = None
+    #: ``full``: whole graphs per batch; ``neighbor``: NeighborLoader mini-batches of ``batch_size`` seed nodes of
+    #: one large graph, ``fanout`` neighbours per layer (None: all; one entry per model layer)
+    loader: str = "full"
+    fanout: list[int] | None = None
+    #: neighbour sampling: ``pyg`` (NeighborLoader: needs pyg-lib or torch-sparse), ``builtin``, ``auto``
+    sampler: str = "auto"
 
 
 @dataclass
@@ -116,6 +122,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.monitor_mode": ("rep", "exact"),
     "data.task_view": ("columns", "multilabel"),
     "data.split": ("scaffold", "random"),
+    "data.loader": ("full", "neighbor"),
+    "data.sampler": ("auto", "pyg", "builtin"),
 }
 POSITIVE: tuple[str, ...] = (
     "data.batch_size", "model.hidden", "model.num_layers", "model.heads", "model.head_layers", "train.epochs",

@@ -17,6 +17,7 @@ from graph_mtl.balancers import BALANCERS, Balancer
 from graph_mtl.balancers import create as create_balancer
 from graph_mtl.config import Config, ModelConfig, TrainConfig
 from graph_mtl.data.base import MultiTaskDataset
+from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
 from graph_mtl.data.registry import load_dataset
 from graph_mtl.engine.checkpoint import seed_everything
 from graph_mtl.engine.metrics import better
@@ -100,15 +101,22 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     started = time.perf_counter()
     dataset = load_dataset(config.data)
     sizes = {k: len(v) for k, v in dataset.splits.items()}
-    empty = [k for k, n in sizes.items() if n == 0]
+    empty = [k for k, n in sizes.items() if n == 0
+             or all(getattr(g, "node_mask", None) is not None and not bool(g.node_mask.any())
+                    for g in dataset.splits[k])]
     if empty:
-        raise ValueError(f"data: the {'/'.join(empty)} split of {dataset.name} is empty (splits {sizes}); "
-                         "raise data.limit or use a larger dataset")
+        raise ValueError(f"data: the {'/'.join(empty)} split of {dataset.name} is empty or its node mask selects "
+                         f"no node (splits {sizes}); raise data.limit or use a larger dataset")
     log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} ({time.perf_counter() - started:.1f}s)")
     model = build_model(config.model, dataset)
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     device = resolve_device(config.device)
-    loaders = build_loaders(dataset, config.data.batch_size, config.seed, config.data.num_workers)
+    if config.data.loader == "neighbor":
+        fanout = check_fanout(config.data.fanout, config.model.num_layers)
+        loaders = neighbor_loaders(dataset, fanout, config.data.batch_size, config.seed, config.data.num_workers,
+                                   config.data.sampler)
+    else:
+        loaders = build_loaders(dataset, config.data.batch_size, config.seed, config.data.num_workers)
     monitor = None
     if config.train.monitor_every is not None:
         monitor = ConflictMonitor([t.name for t in dataset.tasks], every=config.train.monitor_every,
