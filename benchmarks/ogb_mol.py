@@ -26,105 +26,34 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 from torch_geometric.loader import DataLoader
 
-from graph_mtl.config import Config, apply_override, from_dict
+from graph_mtl.config import apply_override, from_dict
 from graph_mtl.data.registry import load_dataset
 from graph_mtl.engine.trainer import Trainer
-from graph_mtl.run import build_balancer, build_loaders, build_model, train_seeds
+from graph_mtl.run import build_balancer, build_loaders, build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plan_runner import run_plan, scratch_root  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
-def scratch_root(data_dir: Path, names: list[str], scratch: Path) -> Path:
-    """Copy each dataset folder (``ogbg-moltox21`` -> ``ogbg_moltox21``) into ``scratch`` once."""
-    for name in names:
-        folder = name.replace("-", "_")
-        if not (data_dir / folder).is_dir():
-            raise SystemExit(f"ogb_mol: {data_dir / folder} not found; pass --data-dir with the OGB folders")
-        if not (scratch / folder).exists():
-            shutil.copytree(data_dir / folder, scratch / folder)
-    return scratch
-
-
-def row_config(base: dict, dataset: str, root: Path, overrides: dict[str, Any]) -> Config:
-    """The base config for ``dataset`` with a row's ``key: value`` overrides applied."""
-    raw = copy.deepcopy(base)
-    raw.setdefault("data", {}).update({"name": dataset, "root": str(root)})
-    raw.setdefault("train", {})["progress"] = False
-    for key, value in overrides.items():
-        apply_override(raw, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
-    return from_dict(raw)
-
-
-def _cell(entry: dict | None) -> str:
-    return "n/a" if entry is None else f"{entry['mean']:.4f} ± {entry['std']:.4f}"
-
-
-def write_table(path: Path | None, header: str, rows: list[dict]) -> str:
-    lines = [header, "", "| dataset | configuration | test | valid | seeds | best epochs | minutes per run |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['label']} | {_cell(r['test'])} | {_cell(r['valid'])} | "
-                     f"{r['seeds']} | {r['best_epochs']} | {r['minutes']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return text
-
-
-def run_plan(args: argparse.Namespace) -> int:
-    plan = yaml.safe_load(Path(args.plan).read_text())
-    datasets, seeds, base = plan["datasets"], plan.get("seeds", [0, 1, 2]), plan.get("base", {})
-    if args.seeds:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    rows_plan = plan["rows"] if not args.rows else [r for r in plan["rows"] if r["label"] in args.rows.split(";")]
-    root = scratch_root(Path(args.data_dir), datasets, Path(args.scratch or tempfile.mkdtemp(prefix="ogb_mol_")))
-    header = (f"{Path(args.plan).name}: torch threads {torch.get_num_threads()}, base config "
-              f"{yaml.safe_dump(base, default_flow_style=True).strip()}")
-    results: list[dict] = []
-    for dataset in datasets:
-        for row in rows_plan:
-            config = row_config(base, dataset, root, row.get("set", {}))
-            metric = "ogb/" + load_metric(config)
-            out = Path(args.runs) / dataset / row["label"].replace(" ", "_").replace(",", "")
-            started = time.perf_counter()
-            log_file = out / "log.txt"
-            out.mkdir(parents=True, exist_ok=True)
-            with log_file.open("w") as handle:
-                summary = train_seeds(config, seeds, out, log=lambda line, h=handle: print(line, file=h, flush=True))
-            best = [_best_epoch(out / f"seed{s}") for s in seeds]
-            results.append({"dataset": dataset, "label": row["label"], "test": summary["test"].get(metric),
-                            "valid": summary["valid"].get(metric), "seeds": len(seeds), "best_epochs": best,
-                            "minutes": (time.perf_counter() - started) / 60 / len(seeds)})
-            print(f"{dataset} [{row['label']}]: test {_cell(results[-1]['test'])}", file=sys.stderr, flush=True)
-            write_table(args.out, header, results)
-    print(write_table(args.out, header, results))
+def run(args: argparse.Namespace) -> int:
+    """The plan's datasets x rows x seeds through :func:`plan_runner.run_plan`."""
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    rows = args.rows.split(";") if args.rows else None
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="ogb_mol_"))
+    print(run_plan(args.plan, Path(args.data_dir), scratch, Path(args.runs), args.out, seeds, rows))
     return 0
-
-
-def load_metric(config: Config) -> str:
-    from graph_mtl.data.ogb_mol import open_ogb_dataset
-
-    return open_ogb_dataset(config.data.name, config.data.root).eval_metric
-
-
-def _best_epoch(run_dir: Path) -> int:
-    import json
-
-    return int(json.loads((run_dir / "results.json").read_text())["best_epoch"])
 
 
 # ---------------------------------------------------------------------------------------------- throughput
@@ -147,7 +76,8 @@ def plain_epoch(model, loader: DataLoader, optimizer: torch.optim.Optimizer, tas
 def throughput(args: argparse.Namespace) -> int:
     """Graphs per second of ``Trainer.train_epoch`` (equal weighting) and of :func:`plain_epoch`."""
     dataset_name = "ogbg-moltox21"
-    root = scratch_root(Path(args.data_dir), [dataset_name], Path(args.scratch or tempfile.mkdtemp(prefix="ogb_")))
+    root = scratch_root(Path(args.data_dir), {dataset_name: "ogbg_moltox21"},
+                        Path(args.scratch or tempfile.mkdtemp(prefix="ogb_")))
     raw = {"preset": "ogb-baseline", "data": {"name": dataset_name, "root": str(root)},
            "train": {"progress": False, "grad_clip": None}}
     for item in args.set or []:
@@ -222,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    return throughput(args) if args.throughput else run_plan(args)
+    return throughput(args) if args.throughput else run(args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The ``graph-mtl`` command: ``train`` a multi-task model, ``report`` on a run, ``list`` what is available."""
+"""The ``graph-mtl`` command: ``train`` a multi-task model, ``report`` on a run, measure task ``affinity``, ``list``
+what is available."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="plots and a Markdown report (RUN_DIR/report/report.md) of a run")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by graph-mtl train")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    affinity = sub.add_parser("affinity", help="measure inter-task affinity (TAG lookahead) in a short run")
+    affinity.add_argument("--config", help="YAML config file (every key optional)")
+    affinity.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, e.g. --set dataset=sbm")
+    affinity.add_argument("--steps", type=int, default=50, help="training steps to average over (default: 50)")
+    affinity.add_argument("--lr", type=float, default=None,
+                          help="learning rate of the lookahead SGD step (default: the config's train.lr)")
+    affinity.add_argument("--out", default="runs/affinity", help="output folder (default: runs/affinity)")
+    affinity.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub.add_parser("list", help="list datasets, encoders, pooling and balancers")
     return parser
 
@@ -40,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "report":
             return _report(args)
+        if args.command == "affinity":
+            return _affinity(args)
         return _train(args)
     except USER_ERRORS as error:
         if args.debug:
@@ -78,6 +90,23 @@ def _report(args: argparse.Namespace) -> int:
     from graph_mtl.report import write_report
 
     print(write_report(Path(args.run_dir)))
+    return 0
+
+
+def _affinity(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise ValueError(f"--steps: must be >= 1, got {args.steps}")
+    config = load_config(args.config, args.set)
+    from graph_mtl.affinity import format_matrix, run_affinity, suggest_groups
+
+    result, path = run_affinity(config, args.steps, args.lr, Path(args.out))
+    print()
+    print("affinity Z[i -> j] (rows: task stepped i, columns: task measured j; > 0: a step on i lowers j's loss)")
+    print(format_matrix(result.affinity, result.names))
+    print("\nsuggested groups:")
+    for k, group in enumerate(suggest_groups(result.affinity, result.names), start=1):
+        print(f"  {k}. {', '.join(group)}")
+    print(f"\nwritten to {path.parent} (affinity.csv, cosine.csv, affinity.png, {path.name})")
     return 0
 
 

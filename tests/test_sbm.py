@@ -106,3 +106,18 @@ def test_block_sizes():
 def test_bad_arguments_raise(kwargs, key):
     with pytest.raises(ValueError, match=key):
         load_sbm(**kwargs)
+
+
+def test_sparse_block_model_edges_are_simple_symmetric_and_near_the_expected_count():
+    from graph_mtl.data.synthetic import edge_probabilities, sparse_sbm_edges
+
+    sizes = [3000, 3000, 3000]
+    p_in, p_out = edge_probabilities(sizes, avg_degree=8.0, homophily=0.7)
+    edges = sparse_sbm_edges(sizes, p_in, p_out, seed=0)
+    assert (edges[0] != edges[1]).all()
+    assert edges.unique(dim=1).shape == edges.shape
+    assert set(map(tuple, edges.t().tolist())) == set(map(tuple, edges.flip(0).t().tolist()))
+    assert abs(edges.shape[1] / 9000 - 8.0) < 0.3  # mean degree
+    block = torch.arange(9000) // 3000
+    assert abs((block[edges[0]] == block[edges[1]]).float().mean().item() - 0.7) < 0.02
+    assert torch.equal(edges, sparse_sbm_edges(sizes, p_in, p_out, seed=0))

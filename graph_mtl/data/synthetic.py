@@ -36,6 +36,8 @@ from graph_mtl.data.splits import check_fractions, random_split
 from graph_mtl.tasks import Task
 
 NODE_COLUMNS: tuple[str, ...] = ("block", "cross_degree", "neighbour_mean")
+#: above this many nodes the graph comes from :func:`sparse_sbm_edges` (PyG's generator samples every pair)
+DENSE_LIMIT = 20_000
 SBM_FRACTIONS = (0.6, 0.2, 0.2)
 
 
@@ -80,6 +82,30 @@ def _check_args(num_nodes: int, num_blocks: int, avg_degree: float, homophily: f
         raise ValueError(f"num_features: must be >= 1, got {features}")
 
 
+def sparse_sbm_edges(sizes: list[int], p_in: float, p_out: float, seed: int) -> Tensor:
+    """Undirected block-model edges in memory linear in the edges (both directions, sorted, no self-loops).
+
+    For each block pair the number of edges is drawn from the binomial of its node pairs, then that many
+    endpoint pairs are drawn uniformly; repeats and self-loops are dropped, so the graph is a simple graph whose
+    edge counts match the block model up to the rare repeats (a fraction ``~ p`` of the draws).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    parts = []
+    for a in range(len(sizes)):
+        for b in range(a, len(sizes)):
+            pairs = sizes[a] * (sizes[a] - 1) // 2 if a == b else sizes[a] * sizes[b]
+            p = p_in if a == b else p_out
+            count = int(torch.binomial(torch.tensor(float(pairs)), torch.tensor(p), generator=gen))
+            src = starts[a] + torch.randint(sizes[a], (count,), generator=gen)
+            dst = starts[b] + torch.randint(sizes[b], (count,), generator=gen)
+            parts.append(torch.stack([src, dst]))
+    edges = torch.cat(parts, dim=1)
+    edges = edges[:, edges[0] != edges[1]]
+    edges = torch.cat([edges, edges.flip(0)], dim=1)
+    return torch.unique(edges, dim=1)
+
+
 def cross_block_degree(edge_index: Tensor, block: Tensor) -> Tensor:
     """Number of neighbours of each node that lie in another block."""
     src, dst = edge_index
@@ -108,7 +134,8 @@ def load_sbm(
     """Generate the stochastic-block-model node dataset (see module docstring); deterministic for ``seed``.
 
     Args:
-        num_nodes: nodes in the graph (memory grows as ``num_nodes^2``: every node pair is sampled).
+        num_nodes: nodes in the graph (up to ``DENSE_LIMIT`` every node pair is sampled; above, edges are
+            drawn per block pair in memory linear in the edges).
         num_blocks: blocks = classes of the ``block`` task.
         seed: seeds the graph, the features, the hidden projection and the split.
         avg_degree: expected node degree.
@@ -121,9 +148,12 @@ def load_sbm(
     p_in, p_out = edge_probabilities(sizes, avg_degree, homophily)
     probs = torch.full((num_blocks, num_blocks), p_out)
     probs.fill_diagonal_(p_in)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        edge_index = stochastic_blockmodel_graph(sizes, probs, directed=False)
+    if num_nodes <= DENSE_LIMIT:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            edge_index = stochastic_blockmodel_graph(sizes, probs, directed=False)
+    else:
+        edge_index = sparse_sbm_edges(sizes, p_in, p_out, seed)
     generator = torch.Generator().manual_seed(seed)
     block = torch.repeat_interleave(torch.arange(num_blocks), torch.tensor(sizes))
     means = torch.randn(num_blocks, num_features, generator=generator)

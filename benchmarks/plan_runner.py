@@ -1,0 +1,100 @@
+"""Run a benchmark plan: datasets x configurations x seeds, each a ``graph-mtl train --seeds`` run, into one
+markdown table of mean +- std over seeds (test at the best validation epoch, and validation).
+
+A plan is YAML::
+
+    datasets: [ogbg-moltox21]            # data.name values
+    folders: {cora: Cora}                # dataset -> folder under --data-dir (default: name with - -> _)
+    seeds: [0, 1, 2]
+    score: ogb/rocauc                    # which score of the results to tabulate (a task name, ogb/<metric>...)
+    base: {preset: ogb-baseline}         # a graph-mtl config shared by every row
+    rows:                                # one table row each: a label and dotted-key overrides
+      - {label: "ew", set: {train.balancer: ew}}
+
+Each dataset folder is copied from the data directory into a scratch root first (loaders write a
+``processed/`` folder next to ``raw/``). The table is rewritten after every configuration, so a stopped run
+keeps what it measured; each configuration's run folders (and ``log.txt``) stay under ``runs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from graph_mtl.config import Config, apply_override, from_dict
+from graph_mtl.run import train_seeds
+
+
+def scratch_root(data_dir: Path, folders: dict[str, str], scratch: Path) -> Path:
+    """Copy each needed dataset folder of ``data_dir`` into ``scratch`` once; returns ``scratch``."""
+    for folder in folders.values():
+        if not (data_dir / folder).is_dir():
+            raise SystemExit(f"benchmark: {data_dir / folder} not found; pass --data-dir with the dataset folders")
+        if not (scratch / folder).exists():
+            shutil.copytree(data_dir / folder, scratch / folder)
+    return scratch
+
+
+def row_config(base: dict, dataset: str, root: Path, overrides: dict[str, Any]) -> Config:
+    """The base config for ``dataset`` with a row's ``key: value`` overrides applied."""
+    raw = copy.deepcopy(base)
+    raw.setdefault("data", {}).update({"name": dataset, "root": str(root)})
+    raw.setdefault("train", {})["progress"] = False
+    for key, value in overrides.items():
+        apply_override(raw, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    return from_dict(raw)
+
+
+def cell(entry: dict | None) -> str:
+    return "n/a" if entry is None else f"{entry['mean']:.4f} ± {entry['std']:.4f}"
+
+
+def write_table(path: Path | None, header: str, rows: list[dict], score: str) -> str:
+    """The markdown table of finished rows (also written to ``path``)."""
+    lines = [header, "", f"| dataset | configuration | test {score} | valid {score} | seeds | best epochs | "
+             "minutes per run |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['label']} | {cell(r['test'])} | {cell(r['valid'])} | "
+                     f"{r['seeds']} | {r['best_epochs']} | {r['minutes']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return text
+
+
+def run_plan(plan_path: str | Path, data_dir: Path, scratch: Path, runs: Path, out: Path | None,
+             seeds: list[int] | None = None, only_rows: list[str] | None = None) -> str:
+    """Run every (dataset, row) of the plan over its seeds; returns the final table."""
+    plan = yaml.safe_load(Path(plan_path).read_text())
+    datasets, base, score = plan["datasets"], plan.get("base", {}), plan["score"]
+    seeds = seeds or plan.get("seeds", [0, 1, 2])
+    folders = {name: plan.get("folders", {}).get(name, name.replace("-", "_")) for name in datasets}
+    rows_plan = [r for r in plan["rows"] if only_rows is None or r["label"] in only_rows]
+    root = scratch_root(data_dir, folders, scratch)
+    header = (f"{Path(plan_path).name}: torch threads {torch.get_num_threads()}, base config "
+              f"{yaml.safe_dump(base, default_flow_style=True).strip()}")
+    results: list[dict] = []
+    for dataset in datasets:
+        for row in rows_plan:
+            config = row_config(base, dataset, root, row.get("set", {}))
+            folder = runs / dataset / "".join(c if c.isalnum() or c in "-_." else "_" for c in row["label"])
+            folder.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            with (folder / "log.txt").open("w") as handle:
+                summary = train_seeds(config, seeds, folder, log=lambda line, h=handle: print(line, file=h, flush=True))
+            best = [json.loads((folder / f"seed{s}" / "results.json").read_text())["best_epoch"] for s in seeds]
+            results.append({"dataset": dataset, "label": row["label"], "test": summary["test"].get(score),
+                            "valid": summary["valid"].get(score), "seeds": len(seeds), "best_epochs": best,
+                            "minutes": (time.perf_counter() - started) / 60 / len(seeds)})
+            print(f"{dataset} [{row['label']}]: test {score} {cell(results[-1]['test'])}", file=sys.stderr, flush=True)
+            write_table(out, header, results, score)
+    return write_table(out, header, results, score)
