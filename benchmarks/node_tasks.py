@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", default=None)
     parser.add_argument("--runs", default="runs/node_tasks")
     parser.add_argument("--seeds", default=None, help="override the plan's seeds, e.g. 0,1,2")
+    parser.add_argument("--rows", default=None, help="only these row labels, separated by ';'")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--neighbor-timing", action="store_true", help="time neighbour-sampled training instead")
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return neighbor_timing(args)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="node_tasks_"))
-    print(run_plan(args.plan, Path(args.data_dir), scratch, Path(args.runs), args.out, seeds))
+    rows = args.rows.split(";") if args.rows else None
+    print(run_plan(args.plan, Path(args.data_dir), scratch, Path(args.runs), args.out, seeds, rows))
     return 0
 
 

@@ -66,6 +66,7 @@ class ModelConfig:
     pool: str = "mean"
     head_layers: int = 2
     head_hidden: int | None = None
+    vn_norm: str = "batch"
 
 
 @dataclass
@@ -117,6 +118,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("batch", "layer", "none"),
     "model.jk": ("last", "sum", "max", "cat"),
     "model.pool": ("mean", "add", "max", "attention"),
+    "model.vn_norm": ("batch", "layer"),
     "train.grad_mode": ("exact", "rep", "auto", None),
     "train.amp": ("none", "bf16", "fp16"),
     "train.monitor_mode": ("rep", "exact"),

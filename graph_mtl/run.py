@@ -42,6 +42,7 @@ def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
         node_encoder="atom" if ogb else "linear", edge_encoder=edge_encoder, edge_channels=edge_channels,
         virtual_node=cfg.virtual_node, residual=cfg.residual, norm=cfg.norm, dropout=cfg.dropout, jk=cfg.jk,
         heads=cfg.heads, pna_deg=degree_histogram(dataset.splits["train"]) if cfg.conv == "pna" else None,
+        vn_norm=cfg.vn_norm,
     )
     return MultiTaskGNN(encoder, dataset.tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
                         head_layers=cfg.head_layers, head_dropout=cfg.dropout)

@@ -98,3 +98,15 @@ def test_bad_encoder_arguments_name_the_field(kwargs, key):
     base.update(kwargs)
     with pytest.raises(ValueError, match=key):
         GNNEncoder(**base)
+
+
+def test_row_batch_norm_accepts_a_single_row_in_training():
+    from graph_mtl.models.encoder import RowBatchNorm
+
+    norm = RowBatchNorm(4)
+    norm.train()
+    many = norm(torch.randn(8, 4))
+    assert many.shape == (8, 4)
+    single = norm(torch.ones(1, 4))  # running statistics, no error
+    expected = (torch.ones(1, 4) - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    assert torch.allclose(single, expected * norm.weight + norm.bias, atol=1e-6)
