@@ -267,7 +267,7 @@ def write_affinity(result: AffinityResult, out_dir: str | Path) -> Path:
     The CSV files hold one row per task with the task names as the first column and as the header (``nan``: never
     measured); in ``affinity.csv`` the rows are the stepped task ``i``, the columns the measured task ``j``.
     """
-    from graph_mtl.report import _plot_heatmap
+    from graph_mtl.report import plot_heatmap
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +278,7 @@ def write_affinity(result: AffinityResult, out_dir: str | Path) -> Path:
     groups = suggest_groups(result.affinity, names)
     image = plot_affinity(result.affinity, names, out / "affinity.png",
                           title=f"Lookahead task affinity (mean of {result.steps} steps, lr {result.lookahead_lr:g})")
-    cos_image = _plot_heatmap(result.cosine, names, "Mean cosine of the shared-parameter gradients",
+    cos_image = plot_heatmap(result.cosine, names, "Mean cosine of the shared-parameter gradients",
                               out / "cosine.png")
 
     lines = ["# Task affinity", ""]
@@ -313,40 +313,19 @@ def plot_affinity(matrix: np.ndarray, names: list[str], path: Path, title: str =
     The colour limits are symmetric, ``+-max|value|`` over the off-diagonal entries (over all entries when no
     off-diagonal one is finite): the self-affinities ``Z[i, i]`` are often ten times the others and would wash
     them out, so the diagonal may saturate (its values stay written in the cells). The cosine heatmap of
-    :func:`graph_mtl.report._plot_heatmap` has fixed limits ``[-1, 1]``, which do not fit affinities.
+    The drawing is :func:`graph_mtl.report.plot_heatmap`.
     """
-    from matplotlib import colormaps
-
-    from graph_mtl.report import ANNOTATE_LIMIT, _new_figure, _save
+    from graph_mtl.report import plot_heatmap
 
     matrix = np.asarray(matrix, dtype=float)
     finite = np.isfinite(matrix)
     if not finite.any():
         return None
-    t = len(names)
-    off = finite & ~np.eye(t, dtype=bool)
+    off = finite & ~np.eye(len(names), dtype=bool)
     limit = float(np.abs(matrix[off if off.any() else finite]).max()) or 1.0
-    side = min(16.0, max(4.8, 0.55 * t + 2.8))
-    fig = _new_figure(side + 1.0, side)
-    ax = fig.subplots()
-    cmap = colormaps["RdBu_r"].with_extremes(bad="lightgray")
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
-    extend = "both" if np.abs(matrix[finite]).max() > limit else "neither"
-    fig.colorbar(image, ax=ax, shrink=0.8, extend=extend, label="affinity (positive: stepping i lowers j's loss)")
-    if t <= 60:
-        fontsize = "medium" if t <= 12 else "x-small"
-        ax.set_xticks(range(t), names, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize)
-        ax.set_yticks(range(t), names, fontsize=fontsize)
-    else:
-        ax.set(xticks=[], yticks=[])
-    if t <= ANNOTATE_LIMIT:
-        for i in range(t):
-            for j in range(t):
-                if finite[i, j]:
-                    ax.text(j, i, f"{matrix[i, j]:.2g}", ha="center", va="center", fontsize="small",
-                            color="white" if abs(matrix[i, j]) > 0.6 * limit else "black")
-    ax.set(title=title, xlabel="task measured (j)", ylabel="task stepped (i)")
-    return _save(fig, path)
+    return plot_heatmap(matrix, names, title, path, limit=limit, fmt=".2g",
+                        label="affinity (positive: stepping i lowers j's loss)",
+                        axes=("task measured (j)", "task stepped (i)"))
 
 
 def format_matrix(matrix: np.ndarray, names: list[str], spec: str = ".3g") -> str:

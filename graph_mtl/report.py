@@ -203,12 +203,12 @@ def _conflict_section(records: list[dict[str, Any]], tasks: list[str], results: 
         lines += ["The records hold no cosine matrices (more tasks than the monitor's matrix_limit): "
                   "no per-pair table or heatmaps.", ""]
     if pairs:
-        image = _plot_heatmap(stats["mean_cos"], monitor_tasks, "Mean gradient cosine over the run",
+        image = plot_heatmap(stats["mean_cos"], monitor_tasks, "Mean gradient cosine over the run",
                               out / "cosine_mean.png")
         lines += _section("Mean cosine over the run", image, "no cosines", level=3)
         last_epoch = max(int(r.get("epoch", 0)) for r in records)
         last = pair_statistics([r for r in records if int(r.get("epoch", 0)) == last_epoch], monitor_tasks)
-        image = _plot_heatmap(last["mean_cos"], monitor_tasks, f"Mean gradient cosine, epoch {last_epoch}",
+        image = plot_heatmap(last["mean_cos"], monitor_tasks, f"Mean gradient cosine, epoch {last_epoch}",
                               out / "cosine_last_epoch.png")
         lines += _section(f"Mean cosine in the last epoch ({last_epoch})", image, "no cosines", level=3)
     lines += _section("Conflict rate over time", _plot_conflict_rate(records, monitor_tasks, out / "conflict_rate.png"),
@@ -300,9 +300,15 @@ def _plot_weights(steps: dict[str, np.ndarray], tasks: list[str], path: Path) ->
     return _save(fig, path)
 
 
-def _plot_heatmap(matrix: np.ndarray, tasks: list[str], title: str, path: Path) -> str | None:
+def plot_heatmap(matrix: np.ndarray, tasks: list[str], title: str, path: Path, *, limit: float = 1.0,
+                 label: str = "cosine (negative: conflict)", axes: tuple[str, str] = ("task", "task"),
+                 fmt: str = ".2f") -> str | None:
+    """A ``T x T`` heatmap with a diverging colour map centred at 0 over ``[-limit, limit]`` (values beyond it
+    saturate, with an arrow on the colour bar), NaN cells grey, task names on both axes and the values written
+    in the cells up to :data:`ANNOTATE_LIMIT` tasks; returns the file name, or ``None`` when nothing is finite."""
     t = len(tasks)
-    if t < 2 or not np.isfinite(matrix).any():
+    finite = np.isfinite(matrix)
+    if t < 2 or not finite.any():
         return None
     from matplotlib import colormaps
 
@@ -310,8 +316,9 @@ def _plot_heatmap(matrix: np.ndarray, tasks: list[str], title: str, path: Path) 
     fig = _new_figure(side + 1.0, side)
     ax = fig.subplots()
     cmap = colormaps["RdBu_r"].with_extremes(bad="lightgray")
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="cosine (negative: conflict)")
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+    extend = "both" if np.abs(matrix[finite]).max() > limit else "neither"
+    fig.colorbar(image, ax=ax, shrink=0.8, extend=extend, label=label)
     if t <= 60:
         fontsize = "medium" if t <= 12 else "x-small"
         ax.set_xticks(range(t), tasks, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize)
@@ -321,10 +328,10 @@ def _plot_heatmap(matrix: np.ndarray, tasks: list[str], title: str, path: Path) 
     if t <= ANNOTATE_LIMIT:
         for i in range(t):
             for j in range(t):
-                if np.isfinite(matrix[i, j]):
-                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize="small",
-                            color="white" if abs(matrix[i, j]) > 0.6 else "black")
-    ax.set(title=title, xlabel="task", ylabel="task")
+                if finite[i, j]:
+                    ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize="small",
+                            color="white" if abs(matrix[i, j]) > 0.6 * limit else "black")
+    ax.set(title=title, xlabel=axes[0], ylabel=axes[1])
     return _save(fig, path)
 
 
