@@ -4,6 +4,7 @@ what is available."""
 from __future__ import annotations
 
 import argparse
+import builtins
 import sys
 from pathlib import Path
 
@@ -66,24 +67,33 @@ def _train(args: argparse.Namespace) -> int:
     from graph_mtl.run import results_table, seed_table, train, train_seeds
 
     out = Path(args.out)
+    show = _main_process_print  # under torchrun only rank 0 prints the tables
     if args.seeds is not None:
         if args.resume is not None:
             raise ValueError("--resume: resume one seed's run with --out OUT/seed<N> instead of --seeds")
         seeds = _parse_seeds(args.seeds)
         summary = train_seeds(config, seeds, out)
-        print()
-        print(seed_table(summary))
-        print(f"\nper-seed runs in {out}/seed<N>; summary in {out}/summary.json and {out}/summary.md")
+        show()
+        show(seed_table(summary))
+        show(f"\nper-seed runs in {out}/seed<N>; summary in {out}/summary.json and {out}/summary.md")
         return 0
     resume = None
     if args.resume is not None:
         resume = Path(args.resume) if args.resume else out / "last.pt"
     results = train(config, out, resume=resume)
-    print()
-    print(results_table(results, "test"))
-    print(f"\nbest epoch {results['best_epoch']} of {results['epochs_run']}; "
+    show()
+    show(results_table(results, "test"))
+    show(f"\nbest epoch {results['best_epoch']} of {results['epochs_run']}; "
           f"{results['seconds']:.0f}s; results in {out}/results.json")
     return 0
+
+
+def _main_process_print(*args, **kwargs) -> None:
+    """``print`` on rank 0 of a torchrun launch (or in a plain run); nothing on the other processes."""
+    from graph_mtl.engine.distributed import is_main_process
+
+    if is_main_process():
+        builtins.print(*args, **kwargs)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -19,7 +19,14 @@ from graph_mtl.config import Config, ModelConfig, TrainConfig
 from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
 from graph_mtl.data.registry import load_dataset
+from graph_mtl.data.sharding import (
+    is_single_graph,
+    per_process_batch,
+    shard_node_dataset,
+    sharded_graph_loaders,
+)
 from graph_mtl.engine.checkpoint import seed_everything
+from graph_mtl.engine.distributed import GradientSync, init_distributed, is_main_process, local_device
 from graph_mtl.engine.metrics import better
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
@@ -92,12 +99,22 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a whole training from ``config``: writes ``config.yaml``, ``metrics.csv``, ``steps.csv``,
     ``best.pt``, ``last.pt`` and ``results.json`` (and ``conflicts.jsonl`` with ``train.monitor_every``) into
-    ``out_dir`` and returns the results."""
+    ``out_dir`` and returns the results.
+
+    Under ``torchrun`` (or in a process group the caller initialised) every process runs this with the same
+    config: each trains on its shard of every batch with the global batch's losses and gradients
+    (``engine/distributed.py``); rank 0 alone logs and writes files."""
     import yaml
 
+    device = local_device(resolve_device(config.device))
+    sync = init_distributed(device)
+    main = sync is None or sync.is_main
+    if not main:
+        log = _silent
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     seed_everything(config.seed)
     started = time.perf_counter()
     dataset = load_dataset(config.data)
@@ -111,19 +128,16 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} ({time.perf_counter() - started:.1f}s)")
     model = build_model(config.model, dataset)
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
-    device = resolve_device(config.device)
-    if config.data.loader == "neighbor":
-        fanout = check_fanout(config.data.fanout, config.model.num_layers)
-        loaders = neighbor_loaders(dataset, fanout, config.data.batch_size, config.seed, config.data.num_workers,
-                                   config.data.sampler)
-    else:
-        loaders = build_loaders(dataset, config.data.batch_size, config.seed, config.data.num_workers)
+    train_graphs = dataset.splits["train"]
+    loaders = make_loaders(config, dataset, sync)
+    if sync is not None:
+        log(f"data parallel: {sync.world_size} processes, global batch {config.data.batch_size}")
     monitor = None
-    if config.train.monitor_every is not None:
+    if config.train.monitor_every is not None and main:  # rank 0 observes its own shard
         monitor = ConflictMonitor([t.name for t in dataset.tasks], every=config.train.monitor_every,
                                   mode=config.train.monitor_mode, out_dir=out_dir, append=resume is not None)
-    trainer = Trainer(model, balancer, config.train, dataset.splits["train"], out_dir=out_dir, device=device,
-                      seed=config.seed, log=log, summary=dataset_summary(dataset), monitor=monitor)
+    trainer = Trainer(model, balancer, config.train, train_graphs, out_dir=out_dir, device=device,
+                      seed=config.seed, log=log, summary=dataset_summary(dataset), monitor=monitor, sync=sync)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
     trainer.fit(loaders["train"], loaders["valid"], resume=resume)
@@ -140,8 +154,30 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     if monitor is not None:
         monitor.close()
         results["conflicts"] = monitor.summary()
-    write_json(results, out_dir / "results.json")
+    if sync is not None:
+        results["collectives"] = sync.summary()
+    if main:
+        write_json(results, out_dir / "results.json")
     return results
+
+
+def _silent(message: str) -> None:
+    """The log of processes other than rank 0."""
+
+
+def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync | None) -> dict[str, Any]:
+    """Training and evaluation loaders; under a process group, this process's shards (``data/sharding.py``)."""
+    data = config.data
+    rank, world = (sync.rank, sync.world_size) if sync is not None else (0, 1)
+    if sync is not None and is_single_graph(dataset):
+        dataset = shard_node_dataset(dataset, rank, world)
+    if data.loader == "neighbor":
+        fanout = check_fanout(data.fanout, config.model.num_layers)
+        return neighbor_loaders(dataset, fanout, per_process_batch(data.batch_size, world), config.seed,
+                                data.num_workers, data.sampler)
+    if sync is not None and not is_single_graph(dataset):
+        return sharded_graph_loaders(dataset, data.batch_size, config.seed, rank, world, data.num_workers)
+    return build_loaders(dataset, data.batch_size, config.seed, data.num_workers)
 
 
 def dataset_summary(dataset: MultiTaskDataset) -> Callable[[dict, dict], dict[str, Any]] | None:
@@ -164,8 +200,9 @@ def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
         log(f"--- seed {seed} ---")
         runs.append(train(dataclasses.replace(config, seed=seed), out_dir / f"seed{seed}", log=log))
     summary = seed_summary(runs, seeds)
-    write_json(summary, out_dir / "summary.json")
-    (out_dir / "summary.md").write_text(seed_table(summary) + "\n")
+    if is_main_process():
+        write_json(summary, out_dir / "summary.json")
+        (out_dir / "summary.md").write_text(seed_table(summary) + "\n")
     return summary
 
 

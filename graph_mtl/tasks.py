@@ -121,16 +121,11 @@ def labelled_mask(task: Task, y: Tensor, node_mask: Tensor | None = None) -> Ten
     return mask
 
 
-def masked_loss(task: Task, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor | None:
-    """Mean loss over the labelled entries (see module docstring); ``None`` if nothing is labelled.
-
-    ``pred`` is ``[n, num_outputs]``, ``y`` and ``mask`` are ``[n, k]`` as returned by :meth:`Task.labels`.
-    """
-    if not bool(mask.any()):
-        return None
+def elementwise_loss(task: Task, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """The loss of every labelled entry, flat; ``pred``, ``y`` and ``mask`` as in :func:`masked_loss`."""
     if task.loss == "ce":
         rows = mask[:, 0]
-        return F.cross_entropy(pred[rows].float(), y[rows, 0].long())
+        return F.cross_entropy(pred[rows].float(), y[rows, 0].long(), reduction="none")
     target = torch.where(mask, y, torch.zeros_like(y))
     pred = pred.float()
     if task.loss == "bce":
@@ -141,7 +136,26 @@ def masked_loss(task: Task, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor | N
         elementwise = F.l1_loss(pred, target, reduction="none")
     else:
         elementwise = F.smooth_l1_loss(pred, target, reduction="none")
-    return elementwise[mask].mean()
+    return elementwise[mask]
+
+
+def masked_loss(task: Task, pred: Tensor, y: Tensor, mask: Tensor) -> Tensor | None:
+    """Mean loss over the labelled entries (see module docstring); ``None`` if nothing is labelled.
+
+    ``pred`` is ``[n, num_outputs]``, ``y`` and ``mask`` are ``[n, k]`` as returned by :meth:`Task.labels`.
+    """
+    if not bool(mask.any()):
+        return None
+    return elementwise_loss(task, pred, y, mask).mean()
+
+
+def masked_loss_sum(task: Task, pred: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor | None, int]:
+    """The summed loss of the labelled entries and their number (``None, 0`` if nothing is labelled); a
+    process's part of a loss whose mean is taken over several processes (``engine/distributed.py``)."""
+    if not bool(mask.any()):
+        return None, 0
+    values = elementwise_loss(task, pred, y, mask)
+    return values.sum(), values.numel()
 
 
 #: per-task ``(mean, std)`` of regression targets, each ``[k]``; the model learns ``(y - mean) / std``

@@ -15,9 +15,13 @@ tasks, with 0 for absent tasks, for logging.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from graph_mtl.engine.distributed import GradientSync
 
 
 class Balancer:
@@ -36,6 +40,12 @@ class Balancer:
         if len(set(task_names)) != len(task_names):
             raise ValueError(f"balancer: task names must be unique, got {list(task_names)}")
         self.task_names = list(task_names)
+        self.sync: GradientSync | None = None
+
+    def distribute(self, sync: GradientSync | None) -> None:
+        """Train across processes: whatever this balancer computes from gradients is summed with ``sync``
+        first, so that every process computes the weights of the global batch (``engine/distributed.py``)."""
+        self.sync = sync
 
     @property
     def num_tasks(self) -> int:

@@ -42,6 +42,7 @@ from graph_mtl.balancers.gradients import (
     accumulate,
     accumulate_grads,
     fp32_math,
+    gradient_scale,
     leaf_parameters,
     normalized_gramian,
     trainable,
@@ -121,15 +122,22 @@ class GradientBalancer(Balancer):
         if not targets:
             raise ValueError(f"{self.name or type(self).__name__}: no shared parameters require grad")
         J = self.engine.jacobian(stacked, targets, retain_graph=not exact)
+        if self.sync is not None and exact:
+            J = self.sync.sum(J, "jacobian")  # the global batch's J = sum over processes
         with fp32_math(stacked.device):
             if grad_scale is not None:  # unscale before aggregating: not every method is scale-equivariant
                 J = J.float() / grad_scale
-            update, w = self.aggregate(J, loss_values, index)
+            if self.sync is not None and not exact:
+                update, w = self._aggregate_shards(J, loss_values, index)
+            else:
+                update, w = self.aggregate(J, loss_values, index)
             if grad_scale is not None:
                 update = update * grad_scale
         del J
         if exact:
             accumulate(shared, update)
+            if self.sync is not None:
+                self.sync.mark_reduced(shared)
         elif shared:  # one backward from Z with sum_i w_i dL_i/dZ (frees the encoder graph)
             parts = update.split([z.numel() for z in targets])
             torch.autograd.backward(targets, [p.view_as(z).to(z.dtype) for p, z in zip(parts, targets)],
@@ -139,6 +147,22 @@ class GradientBalancer(Balancer):
         self._known = torch.zeros_like(self._known)
         self._known[index] = True
         return self.full_weights(index, w)
+
+    def _aggregate_shards(self, J: Tensor, losses: Tensor, index: list[int]) -> tuple[Tensor, Tensor]:
+        """``rep`` mode across processes: each holds ``J^r``, the gradients at its shard of the representation.
+        The global Gramian is ``sum_r (J^r/s)(J^r/s)^T`` with the common ``s = max_r max|J^r|``; this process
+        back-propagates its part ``w^T J^r`` of the update."""
+        s = self.sync.max(gradient_scale(J))
+        Jn = J.float() / s
+        G = self.sync.sum(Jn @ Jn.T, "gramian")
+        w = self.weights(G, losses.float(), index).float()
+        return (w @ Jn) * s, w
+
+    def distribute(self, sync) -> None:
+        if sync is not None and self.grad_mode == "rep" and type(self).aggregate is not GradientBalancer.aggregate:
+            raise ValueError(f"train.grad_mode: {self.name or type(self).__name__} in 'rep' mode is not a "
+                             "Gramian-weighted sum, so it cannot be split across processes; use grad_mode: exact")
+        super().distribute(sync)
 
     def _head_params(self, index: list[int], stacked: Tensor, shared: list[Tensor],
                      task_params: dict[str, Iterable[nn.Parameter]] | None) -> list[Tensor]:

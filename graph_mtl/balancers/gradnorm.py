@@ -74,7 +74,10 @@ class GradNorm(Balancer):
         initial[index] = torch.where(torch.isnan(initial[index]), detached, initial[index])
         self.initial = initial
         stacked = scaled(stacked, grad_scale)
-        norms = self.engine.jacobian(stacked, W).float().norm(dim=1)  # ||grad_W L_i||, graph retained
+        J = self.engine.jacobian(stacked, W)  # graph retained
+        if self.sync is not None:
+            J = self.sync.sum(J, "jacobian")  # the global batch's gradients at W
+        norms = J.float().norm(dim=1)  # ||grad_W L_i||
         if grad_scale is not None:
             norms = norms / grad_scale  # unscaled: L_grad is not scale-equivariant
         w_step = w_all.detach()[index].clone()

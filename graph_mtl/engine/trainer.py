@@ -26,6 +26,7 @@ from graph_mtl.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from graph_mtl.engine.distributed import GradientSync, gather_predictions, sharded_losses
 from graph_mtl.engine.metrics import baseline_predictions, evaluate_tasks
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.models.multitask import MultiTaskGNN
@@ -86,23 +87,37 @@ class Trainer:
             evaluation from the per-task labels and predictions (OGB's Evaluator for OGB datasets); they are
             logged as ``valid/<name>`` and reported under ``"summary"``.
         monitor: a gradient-conflict monitor, observed in every step before the balancer's backward.
+        sync: the process group of a data-parallel run (``engine/distributed.py``): each process trains on its
+            shard of every batch, losses and gradients are those of the global batch, evaluation gathers every
+            shard's predictions, and only rank 0 writes files and logs progress.
     """
 
     def __init__(self, model: MultiTaskGNN, balancer: Balancer, cfg: TrainConfig, train_graphs: list,
                  out_dir: str | Path | None = None, device: torch.device | str = "cpu", seed: int = 0,
                  log: Callable[[str], None] = print,
                  summary: Callable[[dict, dict], dict[str, Any]] | None = None,
-                 monitor: ConflictMonitor | None = None) -> None:
+                 monitor: ConflictMonitor | None = None, sync: GradientSync | None = None) -> None:
         self.device = torch.device(device)
+        self.sync = sync
+        if sync is not None and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics of the global batch
         self.monitor = monitor
         self.summary = summary
         self.model = model.to(self.device)
         self.tasks: list[Task] = model.tasks
         self.balancer = balancer
+        if sync is not None:
+            sync.broadcast_module(self.model)  # every process starts from rank 0's weights
+            balancer.distribute(sync)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._shared = list(self.model.shared_parameters())
+        self._task_params = {t.name: list(self.model.task_parameters(t.name)) for t in self.tasks}
+        self._last_shared = list(self.model.last_shared_parameters())
         self.cfg = cfg
         self.seed = seed
         self.log = log
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.writes = self.out_dir is not None and (sync is None or sync.is_main)
         self.optimizer = build_optimizer(model.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         labels = collect_labels(self.tasks, train_graphs)
@@ -117,7 +132,7 @@ class Trainer:
         self._amp = cfg.amp
         # fp16 needs loss scaling; the balancer unscales per-task gradients before combining them
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        if self.out_dir is not None:
+        if self.writes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------------------------------ training
@@ -169,10 +184,14 @@ class Trainer:
         weight_sum = torch.zeros(len(names), device=self.device)
         steps = 0
         bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, file=sys.stderr,
-                   disable=not (self.cfg.progress and sys.stderr.isatty()))
+                   disable=not (self.cfg.progress and sys.stderr.isatty() and (self.sync is None or self.sync.is_main)))
         step_rows = []
-        for batch in bar:
+        # under a process group every process must take the same number of batches (each holds collectives)
+        batches = min(self.sync.gather(len(loader))) if self.sync is not None else None
+        for batch_number, batch in enumerate(bar):
             if self.cfg.max_steps_per_epoch is not None and steps >= self.cfg.max_steps_per_epoch:
+                break
+            if batches is not None and batch_number >= batches:
                 break
             losses, weights = self.train_step(batch)
             if not losses:
@@ -203,23 +222,27 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.model(batch)
-        losses = task_losses(self.tasks, out.preds, batch, self.scalers)
+        if self.sync is not None:  # values of the global batch, gradients of this shard
+            losses = sharded_losses(self.tasks, out.preds, batch, self.scalers, self.sync)
+        else:
+            losses = task_losses(self.tasks, out.preds, batch, self.scalers)
         if not losses:
             return losses, torch.zeros(len(self.tasks), device=self.device)
         scaler = self.grad_scaler
         # scale(1) is the current scale as a device tensor: no host sync (it also initialises the scaler)
         grad_scale = scaler.scale(torch.ones((), device=self.device)) if scaler.is_enabled() else None
         if self.monitor is not None:  # before the balancer, whose backward frees the graph (engine/monitor.py)
-            self.monitor.observe(self.step + 1, losses, self.model.shared_parameters(), out.node_repr, None,
-                                 grad_scale=grad_scale)
+            self.monitor.observe(self.step + 1, losses, self._shared, out.node_repr, None, grad_scale=grad_scale)
         weights = self.balancer.backward(
             losses,
-            shared_params=list(self.model.shared_parameters()),
+            shared_params=self._shared,
             representation=out.node_repr,
-            task_params={t.name: list(self.model.task_parameters(t.name)) for t in self.tasks},
-            last_shared_params=list(self.model.last_shared_parameters()),
+            task_params=self._task_params,
+            last_shared_params=self._last_shared,
             grad_scale=grad_scale,
         )
+        if self.sync is not None:
+            self.sync.reduce_grads(self._params)  # every gradient not already summed inside the balancer
         if self.monitor is not None:
             self.monitor.record_weights(weights)  # the step's weights join the observation made above
         scaler.unscale_(self.optimizer)
@@ -242,6 +265,8 @@ class Trainer:
     def predict(self, loader) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
         """Labels and de-standardised predictions of every task over ``loader``, and the mean loss."""
         self.model.eval()
+        if self.sync is not None:
+            self.sync.broadcast_buffers(self.model)  # rank 0's running statistics everywhere
         y_true: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
         y_pred: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
         loss_total, loss_batches = 0.0, 0
@@ -264,8 +289,13 @@ class Trainer:
                     pred, y = pred[node_mask], y[node_mask]
                 y_true[task.name].append(y.cpu())
                 y_pred[task.name].append(pred.cpu())
-        true = {k: torch.cat(v).numpy() for k, v in y_true.items()}
-        pred = {k: torch.cat(v).numpy() for k, v in y_pred.items()}
+        true = {k: torch.cat(v).numpy() if v else np.zeros((0, t.num_outputs)) for (k, v), t in
+                zip(y_true.items(), self.tasks)}
+        pred = {k: torch.cat(v).numpy() if v else np.zeros((0, t.num_outputs)) for (k, v), t in
+                zip(y_pred.items(), self.tasks)}
+        if self.sync is not None:  # every shard's predictions, the same on every process
+            true, pred, loss_total, loss_batches = gather_predictions(self.sync, true, pred, loss_total,
+                                                                      loss_batches)
         return true, pred, loss_total / max(loss_batches, 1)
 
     def evaluate(self, loader) -> dict[str, Any]:
@@ -298,6 +328,8 @@ class Trainer:
 
     def test(self, loaders: dict[str, Any], checkpoint: str | Path | None = None) -> dict[str, Any]:
         """Evaluate the best checkpoint (or the current weights) on each named loader."""
+        if self.sync is not None:
+            self.sync.barrier()  # rank 0 has finished writing best.pt
         path = checkpoint or (self.out_dir / "best.pt" if self.out_dir is not None else None)
         if path is not None and Path(path).is_file():
             state = load_checkpoint(path, self.device)
@@ -344,7 +376,7 @@ class Trainer:
             self.scheduler.step()
 
     def _write_epoch(self, record: dict[str, Any], improved: bool) -> None:
-        if self.out_dir is None:
+        if not self.writes:
             return
         state = self.state_dict()
         atomic_save(state, self.out_dir / "last.pt")
@@ -356,7 +388,7 @@ class Trainer:
 
     def _write_steps(self, rows: list, names: list[str]) -> None:
         """Append every step's task losses and balancer weights to ``steps.csv``."""
-        if self.out_dir is None or not rows:
+        if not self.writes or not rows:
             return
         path = self.out_dir / "steps.csv"
         new = not path.exists()
@@ -383,7 +415,7 @@ def relative_gain(tasks: list[Task], values: dict[str, float | None], baseline: 
 
 def _reseed_loader(loader, seed: int) -> None:
     """Make each epoch's shuffle a function of (seed, epoch) so that a resumed run sees the same batches."""
-    generator = getattr(loader, "generator", None)
+    generator = getattr(loader, "generator", None) or getattr(getattr(loader, "batch_sampler", None), "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed)
 

@@ -1,0 +1,206 @@
+"""Data-parallel training under ``torchrun``: every balancer exact on the global batch.
+
+Launch: ``torchrun --nproc_per_node N -m graph_mtl.cli train ...`` (README). The process group comes from the
+environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``): NCCL on CUDA (process
+``LOCAL_RANK`` on GPU ``LOCAL_RANK``), gloo on the CPU.
+
+**What is exact.** A step on ``N`` processes, each holding a shard of the global batch, must give the update
+of one process holding the whole batch. A task's loss is a mean over the labelled entries of the *global*
+batch, ``L_t = (sum_r S_t^r) / (sum_r n_t^r)`` (``S`` the summed element losses of shard ``r``, ``n`` its
+labelled entries). Each process builds (:func:`sharded_losses`)
+
+    ``l_t^r = S_t^r / n_t + stopgrad(L_t - S_t^r / n_t)``
+
+whose *value* is the global loss ``L_t`` and whose *gradient* is this shard's share, so that
+``sum_r grad l_t^r = grad L_t``. Anything a balancer computes from loss values (weights, UW's log-variances,
+GradNorm's ``L_i(0)``, DWA's history, FAMO's logits) is therefore identical on every process without any
+further communication, and the gradient of any function ``f(l_1..l_T)`` summed over processes is the global
+``sum_t df/dL_t grad L_t``. A task is present in the step when it has a label anywhere in the global batch.
+
+What remains is to sum gradients over processes, exactly once each (:class:`GradientSync`):
+
+* a loss weighting (one backward of ``sum_t w_t l_t``): every ``.grad`` is summed after the backward;
+* a gradient method in ``exact`` mode: the per-task Jacobian ``J [t, P]`` of the shared parameters is summed
+  (``J = sum_r J^r``), so the weights and ``w^T J`` are the global ones and the shared ``.grad`` is final; only
+  the heads' gradients are summed after the step;
+* a gradient method in ``rep`` mode: the representation of the global batch is the concatenation of the
+  shards' (each node or graph lives on one process), so ``J J^T = sum_r J^r J^r^T``: the ``[t, t]`` Gramian is
+  summed (with a common scale ``s = max_r max|J^r|``), every process back-propagates ``sum_i w_i dL_i/dZ^r``
+  through its shard and every ``.grad`` is summed after the step;
+* GradNorm: the gradients at the last shared layer are summed before their norms are taken.
+
+A gradient summed inside the step is marked (:meth:`GradientSync.mark_reduced`) and skipped by the final
+:meth:`GradientSync.reduce_grads`, which packs every other gradient into one flat buffer per dtype and device
+and all-reduces it once. ``DistributedDataParallel`` is not wrapped around the model: its reducer all-reduces
+whatever a backward writes into ``.grad``, which for a gradient method is either nothing (the exact update is
+written without a backward) or the shared gradient a second time; the model, process group, launch and
+samplers are PyTorch's own.
+
+Not exact across processes: batch-norm statistics on the CPU (each process normalises its shard; on CUDA the
+trainer converts batch norms to ``SyncBatchNorm``), dropout masks, and methods whose update is not a
+Gramian-weighted sum in ``rep`` mode (GradDrop, DB-MTL: use ``grad_mode: exact``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+
+from graph_mtl.tasks import Scalers, Task, labelled_mask, masked_loss_sum
+
+
+@dataclass
+class GradientSync:
+    """Sums tensors over the processes of the default group, each gradient once per step.
+
+    Keeps the seconds and bytes spent in each kind of collective (``stats``) for the overhead benchmark.
+    """
+
+    rank: int
+    world_size: int
+    stats: dict[str, list[float]] = field(default_factory=dict)
+    _reduced: set[int] = field(default_factory=set)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _all_reduce(self, tensor: Tensor, kind: str, op=tdist.ReduceOp.SUM) -> Tensor:
+        started = time.perf_counter()
+        tdist.all_reduce(tensor, op=op)
+        entry = self.stats.setdefault(kind, [0.0, 0.0, 0.0])
+        entry[0] += time.perf_counter() - started
+        entry[1] += tensor.numel() * tensor.element_size()
+        entry[2] += 1
+        return tensor
+
+    def sum(self, tensor: Tensor, kind: str = "balancer") -> Tensor:
+        """The sum over processes of ``tensor`` (a new tensor; ``tensor`` is left as it is)."""
+        return self._all_reduce(tensor.detach().clone().contiguous(), kind)
+
+    def max(self, tensor: Tensor, kind: str = "balancer") -> Tensor:
+        """The maximum over processes of ``tensor``."""
+        return self._all_reduce(tensor.detach().clone().contiguous(), kind, tdist.ReduceOp.MAX)
+
+    def mark_reduced(self, params: Sequence[Tensor]) -> None:
+        """``params`` already hold their global gradient this step: :meth:`reduce_grads` skips them."""
+        self._reduced.update(id(p) for p in params)
+
+    def reduce_grads(self, params: Sequence[Tensor]) -> None:
+        """Sum ``.grad`` of ``params`` not marked this step over processes (a missing one counts as zero),
+        one flat all-reduce per dtype and device; then forget the marks."""
+        pending = [p for p in params if p.requires_grad and id(p) not in self._reduced]
+        self._reduced.clear()
+        groups: dict[tuple, list[Tensor]] = {}
+        for p in pending:
+            groups.setdefault((p.dtype, p.device), []).append(p)
+        for group in groups.values():
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+            self._all_reduce(flat, "gradients")
+            for p, g in zip(group, flat.split([p.numel() for p in group])):
+                p.grad = g.view_as(p).clone() if p.grad is None else p.grad.copy_(g.view_as(p))
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every process."""
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tdist.broadcast(tensor.data, src=0)
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (batch-norm running statistics) to every process."""
+        for buffer in module.buffers():
+            tdist.broadcast(buffer.data, src=0)
+
+    def gather(self, obj):
+        """``[obj of rank 0, obj of rank 1, ...]`` on every process."""
+        out: list = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        tdist.barrier()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Seconds, megabytes and calls of each kind of collective so far."""
+        return {kind: {"seconds": s, "megabytes": b / 2**20, "calls": int(c)}
+                for kind, (s, b, c) in self.stats.items()}
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment describes more than one process (``WORLD_SIZE > 1``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the default process group, or the only process."""
+    return not (tdist.is_available() and tdist.is_initialized()) or tdist.get_rank() == 0
+
+
+def init_distributed(device: torch.device) -> GradientSync | None:
+    """Join (or reuse) the default process group when running under torchrun; ``None`` for one process.
+
+    NCCL when ``device`` is CUDA, gloo otherwise. Reuses a group the caller already initialised (tests).
+    """
+    if not tdist.is_available():
+        return None
+    if not tdist.is_initialized():
+        if not launched_by_torchrun():
+            return None
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if tdist.get_world_size() == 1:
+        return None
+    return GradientSync(tdist.get_rank(), tdist.get_world_size())
+
+
+def local_device(requested: torch.device) -> torch.device:
+    """CUDA device ``LOCAL_RANK`` for a CUDA run under torchrun, else ``requested``."""
+    if requested.type == "cuda" and launched_by_torchrun() and requested.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        return device
+    return requested
+
+
+def sharded_losses(tasks: list[Task], preds: dict[str, Tensor], batch, scalers: Scalers | None,
+                   sync: GradientSync) -> dict[str, Tensor]:
+    """Per-task losses whose value is the global batch's and whose gradient is this shard's share (module
+    docstring); one all-reduce of ``2T`` numbers. Tasks with no label in the global batch are left out."""
+    node_mask = getattr(batch, "node_mask", None)
+    sums, counts = [], []
+    for task in tasks:
+        y = task.labels(batch)
+        if scalers and task.name in scalers:
+            mean, std = scalers[task.name]
+            y = (y - mean.to(y.device)) / std.to(y.device)
+        pred = preds[task.name]
+        total, count = masked_loss_sum(task, pred, y, labelled_mask(task, y, node_mask))
+        sums.append(total if total is not None else pred.float().sum() * 0.0)  # keeps the graph connected
+        counts.append(count)
+    local = torch.stack(sums)
+    stats = sync.sum(torch.cat([local.detach().float(), torch.tensor(counts, dtype=torch.float32,
+                                                                     device=local.device)]), "losses")
+    global_sum, global_count = stats[: len(tasks)], stats[len(tasks):]
+    losses: dict[str, Tensor] = {}
+    for i, task in enumerate(tasks):
+        if global_count[i] > 0:
+            share = local[i] / global_count[i]
+            losses[task.name] = share + (global_sum[i] / global_count[i] - share).detach()
+    return losses
+
+
+def gather_predictions(sync: GradientSync, true: dict[str, np.ndarray], pred: dict[str, np.ndarray],
+                       loss_total: float, loss_batches: int
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float, int]:
+    """Every process's labels and predictions concatenated (rank order) and the summed loss terms."""
+    parts = sync.gather((true, pred, loss_total, loss_batches))
+    names = list(true)
+    joined_true = {k: np.concatenate([p[0][k] for p in parts]) for k in names}
+    joined_pred = {k: np.concatenate([p[1][k] for p in parts]) for k in names}
+    return joined_true, joined_pred, sum(p[2] for p in parts), sum(p[3] for p in parts)
