@@ -183,7 +183,11 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
 def dataset_summary(dataset: MultiTaskDataset) -> Callable[[dict, dict], dict[str, Any]] | None:
     """The whole-dataset score of a dataset that has an official one (OGB's Evaluator), else ``None``."""
     from graph_mtl.data.ogb_mol import is_ogb_mol, ogb_summary
+    from graph_mtl.data.registry import summary_for
 
+    node_summary = summary_for(dataset)
+    if node_summary is not None:
+        return node_summary
     if not is_ogb_mol(dataset.name):
         return None
     tasks = list(dataset.tasks)

@@ -17,6 +17,7 @@ replacement (a random key per in-edge, the lowest ``fanout`` kept), each node ex
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -153,7 +154,7 @@ def neighbor_loaders(dataset: MultiTaskDataset, fanout: list[int], batch_size: i
         seeds = graph.node_mask
         if not bool(seeds.any()):
             raise ValueError(f"data: the {split} node mask of {dataset.name} selects no node")
-        context = graph.clone()
+        context = copy.copy(graph)  # shallow: the tensors are shared, not copied once per split
         del context.node_mask
         shuffle = split == "train"
         generator = torch.Generator().manual_seed(seed) if shuffle else None

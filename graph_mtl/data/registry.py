@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from graph_mtl.config import DataConfig
 from graph_mtl.data.base import MultiTaskDataset
@@ -34,6 +35,18 @@ def _planetoid(cfg: DataConfig) -> MultiTaskDataset:
     return load_planetoid(cfg.name, cfg.root, cfg.aux_tasks)
 
 
+def _ppi(cfg: DataConfig) -> MultiTaskDataset:
+    from graph_mtl.data.ppi import load_ppi
+
+    return load_ppi(cfg.root, cfg.task_view, cfg.limit)
+
+
+def _ogbn_proteins(cfg: DataConfig) -> MultiTaskDataset:
+    from graph_mtl.data.ogbn_proteins import load_ogbn_proteins
+
+    return load_ogbn_proteins(cfg.root, cfg.task_view, cfg.limit)
+
+
 def _sbm(cfg: DataConfig) -> MultiTaskDataset:
     from graph_mtl.data.synthetic import load_sbm
 
@@ -49,7 +62,25 @@ DATASETS: dict[str, tuple[Callable[[DataConfig], MultiTaskDataset], str]] = {
     "citeseer": (_planetoid, "Planetoid CiteSeer, same tasks as cora (data.aux_tasks picks the auxiliary ones)"),
     "pubmed": (_planetoid, "Planetoid PubMed, same tasks as cora"),
     "ogbg-mol*": (_ogb_mol, "any OGB molecular dataset, e.g. ogbg-moltox21 (data.root, data.task_view)"),
+    "ppi": (_ppi, "PPI tissue graphs (PyG): 20/2/2 graphs, 50 features, 121 binary node labels (data.task_view)"),
+    "ogbn-proteins": (_ogbn_proteins, "OGB protein graph: 132k nodes, 39.5M edges, 112 binary node tasks, species "
+                                      "split (data.loader: neighbor)"),
 }
+
+
+def summary_for(dataset: MultiTaskDataset) -> Callable[[dict, dict], dict[str, Any]] | None:
+    """The whole-dataset score of a node dataset that has one, as ``summary(y_true, y_pred)`` for the Trainer:
+    PPI's micro-F1 (``ppi/micro_f1``), OGB's Evaluator for ogbn-proteins (``ogb/rocauc``); else ``None``."""
+    tasks = list(dataset.tasks)
+    if dataset.name == "ppi":
+        from graph_mtl.data.ppi import ppi_summary
+
+        return lambda y_true, y_pred: ppi_summary(tasks, y_true, y_pred)
+    if dataset.name == "ogbn-proteins":
+        from graph_mtl.data.ogbn_proteins import proteins_summary
+
+        return lambda y_true, y_pred: proteins_summary(tasks, y_true, y_pred)
+    return None
 
 
 def load_dataset(cfg: DataConfig) -> MultiTaskDataset:
