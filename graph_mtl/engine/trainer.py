@@ -328,12 +328,13 @@ class Trainer:
 
     def test(self, loaders: dict[str, Any], checkpoint: str | Path | None = None) -> dict[str, Any]:
         """Evaluate the best checkpoint (or the current weights) on each named loader."""
-        if self.sync is not None:
-            self.sync.barrier()  # rank 0 has finished writing best.pt
         path = checkpoint or (self.out_dir / "best.pt" if self.out_dir is not None else None)
-        if path is not None and Path(path).is_file():
+        reads = self.sync is None or self.sync.is_main  # rank 0 wrote best.pt: the others need no shared disk
+        if reads and path is not None and Path(path).is_file():
             state = load_checkpoint(path, self.device)
             self.model.load_state_dict(state["model"])
+        if self.sync is not None:
+            self.sync.broadcast_module(self.model)
         return {name: self.evaluate(loader) for name, loader in loaders.items()}
 
     # ------------------------------------------------------------------------------------------ state
