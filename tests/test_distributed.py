@@ -122,3 +122,8 @@ def test_cli_under_torchrun_gathers_metrics_and_resumes_in_one_process(tmp_path)
                  *sets]) == 0
     rows = (resumed / "metrics.csv").read_text().strip().splitlines()
     assert rows[-1].startswith("3,")
+    # and under torchrun itself: the run continues from its own last.pt
+    done = _torchrun(["train", "--out", str(out), "--resume", "", "--set", "train.epochs=3", *sets], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
