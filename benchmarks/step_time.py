@@ -216,7 +216,7 @@ def measure(row: Row, model: MultiTaskGNN, initial: dict, batches: list[Batch], 
         if isinstance(balancer, NaivePCGrad):
             balancer.backward(losses, shared_params=shared, head_params=heads)
         else:
-            balancer.backward(losses, shared_params=shared, representation=out.node_repr,
+            balancer.backward(losses, shared_params=shared, representation=out.shared_repr,
                               task_params=task_params, last_shared_params=last_shared)
         optimizer.step()
 

@@ -110,3 +110,53 @@ def test_row_batch_norm_accepts_a_single_row_in_training():
     single = norm(torch.ones(1, 4))  # running statistics, no error
     expected = (torch.ones(1, 4) - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
     assert torch.allclose(single, expected * norm.weight + norm.bias, atol=1e-6)
+
+
+def _graph_task_model(tiny_dataset, pool="mean"):
+    torch.manual_seed(0)
+    enc = GNNEncoder(hidden=16, num_layers=2, conv="sage", node_encoder="atom", norm="none", dropout=0.0)
+    graph_tasks = [t for t in tiny_dataset.tasks if t.level == "graph"]
+    return MultiTaskGNN(enc, graph_tasks, pool=pool), graph_tasks
+
+
+@pytest.mark.parametrize("pool", ["mean", "add", "max", "attention"])
+def test_graph_heads_pool_once_when_the_pooling_has_no_parameters(pool, batch, tiny_dataset):
+    model, tasks = _graph_task_model(tiny_dataset, pool)
+    out = model(batch)
+    for task in tasks:  # the same predictions as each head pooling for itself
+        alone = model.heads[task.name](out.node_repr, batch.batch, batch.num_graphs)
+        assert torch.allclose(out.preds[task.name], alone)
+    if pool == "attention":
+        assert out.graph_repr is None and out.shared_repr is out.node_repr
+    else:
+        assert out.shared_repr is out.graph_repr and out.graph_repr.shape == (batch.num_graphs, 16)
+    mixed = MultiTaskGNN(GNNEncoder(hidden=16, num_layers=2, conv="sage", node_encoder="atom"), tiny_dataset.tasks)
+    out_mixed = mixed(batch)  # node tasks too: the node representation
+    assert out_mixed.graph_repr is not None and out_mixed.shared_repr is out_mixed.node_repr
+
+
+def test_rep_mode_at_the_pooled_representation_matches_a_per_task_loop(batch, tiny_dataset):
+    """MGDA-UB on graph tasks: weights from the Gramian of the per-task gradients at the pooled graph embedding
+    (plain loop; the solver itself is checked by KKT elsewhere), update sum_i w_i grad_theta L_i (plain loop)."""
+    from graph_mtl.balancers import create
+    from graph_mtl.balancers.mgda import mgda_weights
+    from graph_mtl.tasks import task_losses
+
+    model, tasks = _graph_task_model(tiny_dataset)
+    names = [t.name for t in tasks]
+    out = model(batch)
+    losses = task_losses(tasks, out.preds, batch)
+    shared = list(model.shared_parameters())
+    J_z = torch.stack([torch.autograd.grad(losses[n], out.graph_repr, retain_graph=True)[0].reshape(-1)
+                       for n in names])
+    J_theta = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[n], shared,
+                                                                                  retain_graph=True)])
+                           for n in names])
+    s = J_z.abs().max()
+    w_ref = mgda_weights((J_z / s) @ (J_z / s).T)
+    w = create("mgda", names, grad_mode="rep").backward(
+        losses, shared_params=shared, representation=out.shared_repr,
+        task_params={n: list(model.task_parameters(n)) for n in names})
+    assert torch.allclose(w, w_ref.float(), atol=1e-5)
+    update = torch.cat([p.grad.reshape(-1) for p in shared])
+    assert torch.allclose(update, w_ref.float() @ J_theta, atol=1e-5, rtol=1e-4)

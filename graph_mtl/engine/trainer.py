@@ -232,11 +232,11 @@ class Trainer:
         # scale(1) is the current scale as a device tensor: no host sync (it also initialises the scaler)
         grad_scale = scaler.scale(torch.ones((), device=self.device)) if scaler.is_enabled() else None
         if self.monitor is not None:  # before the balancer, whose backward frees the graph (engine/monitor.py)
-            self.monitor.observe(self.step + 1, losses, self._shared, out.node_repr, None, grad_scale=grad_scale)
+            self.monitor.observe(self.step + 1, losses, self._shared, out.shared_repr, None, grad_scale=grad_scale)
         weights = self.balancer.backward(
             losses,
             shared_params=self._shared,
-            representation=out.node_repr,
+            representation=out.shared_repr,
             task_params=self._task_params,
             last_shared_params=self._last_shared,
             grad_scale=grad_scale,

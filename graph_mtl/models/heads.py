@@ -63,11 +63,23 @@ class GraphHead(nn.Module):
         self.attention = AttentionalAggregation(nn.Linear(in_channels, 1)) if pool == "attention" else None
         self.mlp = mlp(in_channels, hidden, out_channels, num_layers, dropout)
 
+    @property
+    def learned_pool(self) -> bool:
+        """Whether the pooling has parameters of this head (attention); else every head pools alike."""
+        return self.attention is not None
+
     def pool(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         if self.attention is not None:
             return self.attention(h, batch, dim_size=num_graphs)
-        fn = {"mean": global_mean_pool, "add": global_add_pool, "max": global_max_pool}[self.pool_name]
-        return fn(h, batch, size=num_graphs)
+        return pool_nodes(self.pool_name, h, batch, num_graphs)
 
-    def forward(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        return self.mlp(self.pool(h, batch, num_graphs))
+    def forward(self, h: Tensor, batch: Tensor, num_graphs: int, pooled: Tensor | None = None) -> Tensor:
+        """Predictions ``[num_graphs, out]``; ``pooled`` is this head's pooling of ``h`` computed elsewhere
+        (shared by the heads when the pooling has no parameters)."""
+        return self.mlp(self.pool(h, batch, num_graphs) if pooled is None else pooled)
+
+
+def pool_nodes(pool: str, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """``mean``, ``add`` or ``max`` of the node embeddings ``h`` of each graph: ``[num_graphs, width]``."""
+    fn = {"mean": global_mean_pool, "add": global_add_pool, "max": global_max_pool}[pool]
+    return fn(h, batch, size=num_graphs)

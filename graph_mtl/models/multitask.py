@@ -8,16 +8,30 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from graph_mtl.models.encoder import GNNEncoder
-from graph_mtl.models.heads import GraphHead, NodeHead
+from graph_mtl.models.heads import GraphHead, NodeHead, pool_nodes
 from graph_mtl.tasks import Task
 
 
 @dataclass
 class MultiTaskOutput:
-    """What :class:`MultiTaskGNN` returns: per-task predictions and the shared node representation."""
+    """What :class:`MultiTaskGNN` returns: per-task predictions and the shared representations.
+
+    ``node_repr`` is the encoder's output ``[num_nodes, width]``; ``graph_repr`` its pooling ``[num_graphs,
+    width]`` when the graph heads share a parameter-free pooling (``None`` otherwise); ``graph_only`` says
+    that every task is graph-level.
+    """
 
     preds: dict[str, Tensor]
     node_repr: Tensor
+    graph_repr: Tensor | None = None
+    graph_only: bool = False
+
+    @property
+    def shared_repr(self) -> Tensor:
+        """The last representation every task's loss goes through, where rep-mode balancers take gradients:
+        ``graph_repr`` when every task is graph-level and pooled alike (``[B, width]``: at 128 tasks and
+        batches of 128 molecules, 0.04M numbers per task instead of the nodes' 0.6M), else ``node_repr``."""
+        return self.graph_repr if self.graph_repr is not None and self.graph_only else self.node_repr
 
 
 class MultiTaskGNN(nn.Module):
@@ -46,6 +60,11 @@ class MultiTaskGNN(nn.Module):
             else:
                 heads[task.name] = GraphHead(width, task.num_outputs, pool, hidden, head_layers, head_dropout)
         self.heads = nn.ModuleDict(heads)
+        self.pool = pool
+        graph_heads = [h for h in heads.values() if isinstance(h, GraphHead)]
+        # pool once for every graph head when the pooling has no parameters (also one backward through it)
+        self._shared_pool = bool(graph_heads) and not any(h.learned_pool for h in graph_heads)
+        self._graph_only = len(graph_heads) == len(heads)
 
     @property
     def task_names(self) -> list[str]:
@@ -57,8 +76,10 @@ class MultiTaskGNN(nn.Module):
         if batch_vec is None:
             batch_vec = batch.x.new_zeros(batch.x.size(0), dtype=batch.edge_index.dtype)
         h = self.encoder(batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
-        preds = {name: head(h, batch_vec, num_graphs) for name, head in self.heads.items()}
-        return MultiTaskOutput(preds=preds, node_repr=h)
+        pooled = pool_nodes(self.pool, h, batch_vec, num_graphs) if self._shared_pool else None
+        preds = {name: head(h, batch_vec, num_graphs, pooled) if isinstance(head, GraphHead)
+                 else head(h, batch_vec, num_graphs) for name, head in self.heads.items()}
+        return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=self._graph_only)
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the shared encoder (what gradient balancers act on)."""
