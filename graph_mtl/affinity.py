@@ -145,7 +145,7 @@ def task_affinity(model: nn.Module, loader: Iterable, tasks: list[Task], steps: 
         present = [name for name in names if name in losses]
         if present:
             before = torch.stack([losses[name] for name in present])
-            J = engine.jacobian(before, shared, retain_graph=True)
+            J = engine.jacobian([losses[name] for name in present], shared, retain_graph=True)
             rows = np.array([index[name] for name in present])
             block = np.ix_(rows, rows)
             cos_sum[block] += conflict_stats(J)["cos"].cpu().numpy()

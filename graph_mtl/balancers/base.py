@@ -78,6 +78,13 @@ class Balancer:
         index = [i for i, name in enumerate(self.task_names) if name in losses]
         return index, torch.stack([losses[self.task_names[i]] for i in index])
 
+    def separate(self, losses: dict[str, Tensor], index: list[int],
+                 grad_scale: float | Tensor | None = None) -> list[Tensor]:
+        """The present tasks' losses (times ``grad_scale``) as separate tensors, for per-task gradients: the
+        backward of each then visits its own head only (``gradients.JacobianEngine.jacobian``)."""
+        parts = [losses[self.task_names[i]] for i in index]
+        return parts if grad_scale is None else [loss * grad_scale for loss in parts]
+
     def full_weights(self, index: list[int], w: Tensor) -> Tensor:
         """Scatter the weights of the present tasks into a ``[T]`` vector (0 for absent tasks)."""
         out = torch.zeros(self.num_tasks, dtype=torch.float32, device=w.device)

@@ -76,7 +76,7 @@ class PCGrad:
             accumulate_grads(single, grads)
         if not shared:
             return torch.ones(len(objectives), device=losses.device)
-        J = self.engine.jacobian(losses, shared, retain_graph=False)
+        J = self.engine.jacobian(list(objectives), shared, retain_graph=False)
         with fp32_math(losses.device):
             Jn, G, s = normalized_gramian(J)
             w = pcgrad_weights(G, random_orders(len(G), self.rng.get(G.device)), self.reduction)

@@ -121,7 +121,7 @@ class GradientBalancer(Balancer):
         targets = shared if exact else self._representations(representation)
         if not targets:
             raise ValueError(f"{self.name or type(self).__name__}: no shared parameters require grad")
-        J = self.engine.jacobian(stacked, targets, retain_graph=not exact)
+        J = self.engine.jacobian(self.separate(losses, index, grad_scale), targets, retain_graph=not exact)
         if self.sync is not None and exact:
             J = self.sync.sum(J, "jacobian")  # the global batch's J = sum over processes
         with fp32_math(stacked.device):

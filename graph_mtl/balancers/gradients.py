@@ -67,13 +67,21 @@ class JacobianEngine:
         self.batched = batched  # set to False once the batched product failed: one backward per task from then on
         self.verified = False  # True once a batched product succeeded
 
-    def jacobian(self, losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool = True) -> Tensor:
+    def jacobian(self, losses: Tensor | Sequence[Tensor], inputs: Sequence[Tensor],
+                 retain_graph: bool = True) -> Tensor:
         """``J [t, D]``: row ``i`` is the gradient of ``losses[i]`` w.r.t. ``inputs`` (flattened, joined).
 
-        With ``retain_graph=False`` the last product frees the graph it traverses; that is only done once the
-        batched product is known to work here, since a failing one would leave a half-freed graph behind.
+        Give ``losses`` as a sequence of the scalar task losses where possible: one backward per task then
+        starts from task ``i``'s own loss and visits its head only, where a row of a stacked tensor starts
+        from the stack, whose backward reaches every head (``t`` heads visited ``t`` times: at ``t = 128`` that
+        was most of a rep-mode step). With ``retain_graph=False`` the last product frees the graph it
+        traverses; that is only done once the batched product is known to work here, since a failing one would
+        leave a half-freed graph behind.
         """
-        t = losses.numel()
+        parts = None if isinstance(losses, Tensor) else [loss.reshape(()) for loss in losses]
+        stacked = torch.stack(parts) if parts is not None else losses
+        t = stacked.numel()
+        losses = stacked
         if self.batched or (self.batched is None and losses.device.type != "cpu"):
             free_last = not retain_graph and self.verified
             try:
@@ -93,8 +101,8 @@ class JacobianEngine:
                 self.batched = False
                 warnings.warn(f"balancer: batched per-task gradients failed ({str(err).splitlines()[0]}); "
                               "falling back to one backward per task", RuntimeWarning, stacklevel=3)
-        rows = [_flat(torch.autograd.grad(losses[i], inputs, retain_graph=retain_graph or i < t - 1,
-                                          allow_unused=True), inputs, None)
+        rows = [_flat(torch.autograd.grad(parts[i] if parts is not None else losses[i], inputs,
+                                          retain_graph=retain_graph or i < t - 1, allow_unused=True), inputs, None)
                 for i in range(t)]
         return torch.stack(rows)
 

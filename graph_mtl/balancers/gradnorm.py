@@ -74,7 +74,7 @@ class GradNorm(Balancer):
         initial[index] = torch.where(torch.isnan(initial[index]), detached, initial[index])
         self.initial = initial
         stacked = scaled(stacked, grad_scale)
-        J = self.engine.jacobian(stacked, W)  # graph retained
+        J = self.engine.jacobian(self.separate(losses, index, grad_scale), W)  # graph retained
         if self.sync is not None:
             J = self.sync.sum(J, "jacobian")  # the global batch's gradients at W
         norms = J.float().norm(dim=1)  # ||grad_W L_i||

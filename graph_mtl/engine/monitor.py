@@ -163,10 +163,8 @@ class ConflictMonitor:
         names = [name for name in self.task_names if name in losses]
         if not names:
             return None
-        stacked = torch.stack([losses[name] for name in names])
-        if grad_scale is not None:
-            stacked = stacked * grad_scale
-        J = self.engine.jacobian(stacked, self._targets(shared_params, representation), retain_graph=True)
+        per_task = [losses[name] if grad_scale is None else losses[name] * grad_scale for name in names]
+        J = self.engine.jacobian(per_task, self._targets(shared_params, representation), retain_graph=True)
         if grad_scale is not None:
             J = J.to(torch.float64) / grad_scale
         stats = {key: value.cpu() for key, value in conflict_stats(J).items()}
