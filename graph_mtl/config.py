@@ -43,11 +43,17 @@ class DataConfig:
     #: Planetoid (cora, citeseer, pubmed): auxiliary node tasks next to ``class`` (None: all of them)
     aux_tasks: list[str] | None = None
     #: ``full``: whole graphs per batch; ``neighbor``: NeighborLoader mini-batches of ``batch_size`` seed nodes of
-    #: one large graph, ``fanout`` neighbours per layer (None: all; one entry per model layer)
+    #: one large graph, ``fanout`` neighbours per layer (None: all; one entry per model layer); ``partition``:
+    #: Cluster-GCN-style batches, the subgraph induced by ``parts_per_batch`` of ``num_parts`` node parts
     loader: str = "full"
     fanout: list[int] | None = None
     #: neighbour sampling: ``pyg`` (NeighborLoader: needs pyg-lib or torch-sparse), ``builtin``, ``auto``
     sampler: str = "auto"
+    #: ``loader: partition``: the parts (``random``: re-drawn every epoch; ``metis``: METIS clusters, needs
+    #: pyg-lib with METIS or torch-sparse) and how many of them make one training batch
+    num_parts: int = 8
+    parts_per_batch: int = 1
+    partition: str = "random"
 
 
 @dataclass
@@ -124,11 +130,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.monitor_mode": ("rep", "exact"),
     "data.task_view": ("columns", "multilabel"),
     "data.split": ("scaffold", "random"),
-    "data.loader": ("full", "neighbor"),
+    "data.loader": ("full", "neighbor", "partition"),
     "data.sampler": ("auto", "pyg", "builtin"),
+    "data.partition": ("random", "metis"),
 }
 POSITIVE: tuple[str, ...] = (
-    "data.batch_size", "model.hidden", "model.num_layers", "model.heads", "model.head_layers", "train.epochs",
+    "data.batch_size", "data.parts_per_batch", "model.hidden", "model.num_layers", "model.heads", "model.head_layers",
+    "train.epochs",
 )
 
 
@@ -294,6 +302,13 @@ def _validate(config: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(config, section), name) < 1:
             raise ConfigError(f"{key}: must be >= 1")
+    data = config.data
+    if data.num_parts < 2:
+        raise ConfigError(f"data.num_parts: must be >= 2, got {data.num_parts}; for one batch of the whole graph "
+                          "use data.loader: full")
+    if data.parts_per_batch > data.num_parts:
+        raise ConfigError(f"data.parts_per_batch: {data.parts_per_batch} is more than data.num_parts="
+                          f"{data.num_parts}; use at most {data.num_parts}")
     train = config.train
     if train.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {train.lr}")

@@ -18,6 +18,7 @@ from graph_mtl.balancers import create as create_balancer
 from graph_mtl.config import Config, ModelConfig, TrainConfig
 from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
+from graph_mtl.data.partition import partition_loaders
 from graph_mtl.data.registry import load_dataset
 from graph_mtl.data.sharding import (
     is_single_graph,
@@ -175,6 +176,9 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
         fanout = check_fanout(data.fanout, config.model.num_layers)
         return neighbor_loaders(dataset, fanout, per_process_batch(data.batch_size, world), config.seed,
                                 data.num_workers, data.sampler)
+    if data.loader == "partition":
+        return partition_loaders(dataset, data.num_parts, data.parts_per_batch, config.model.num_layers,
+                                 data.batch_size, config.seed, data.partition, data.num_workers, data.sampler)
     if sync is not None and not is_single_graph(dataset):
         return sharded_graph_loaders(dataset, data.batch_size, config.seed, rank, world, data.num_workers)
     return build_loaders(dataset, data.batch_size, config.seed, data.num_workers)

@@ -132,9 +132,11 @@ class SampledBatches:
 
 
 def neighbor_loaders(dataset: MultiTaskDataset, fanout: list[int], batch_size: int, seed: int,
-                     num_workers: int = 0, sampler: str = "auto") -> dict[str, Any]:
-    """One neighbour-sampling loader per split over that split's ``node_mask`` (training shuffled, seeded):
-    PyG's ``NeighborLoader`` (``sampler: pyg``, or ``auto`` when it can sample here) or :class:`SampledBatches`."""
+                     num_workers: int = 0, sampler: str = "auto",
+                     splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
+    """One neighbour-sampling loader per split (of ``splits``) over that split's ``node_mask`` (training
+    shuffled, seeded): PyG's ``NeighborLoader`` (``sampler: pyg``, or ``auto`` when it can sample here) or
+    :class:`SampledBatches`."""
     if sampler not in SAMPLERS:
         raise ValueError(f"data.sampler: expected one of {list(SAMPLERS)}, got {sampler!r}")
     if sampler == "pyg" and not pyg_sampler_available():
@@ -145,7 +147,7 @@ def neighbor_loaders(dataset: MultiTaskDataset, fanout: list[int], batch_size: i
         raise ValueError(f"data.loader: 'neighbor' samples node neighbourhoods and serves node tasks only; "
                          f"{dataset.name} has graph tasks {graph_tasks}; use data.loader: full")
     loaders: dict[str, Any] = {}
-    for split in SPLITS:
+    for split in splits:
         graphs = dataset.splits[split]
         if len(graphs) != 1 or getattr(graphs[0], "node_mask", None) is None:
             raise ValueError(f"data.loader: 'neighbor' needs a single-graph node dataset with node masks; "
