@@ -64,7 +64,7 @@ DATASETS: dict[str, tuple[Callable[[DataConfig], MultiTaskDataset], str]] = {
     "ogbg-mol*": (_ogb_mol, "any OGB molecular dataset, e.g. ogbg-moltox21 (data.root, data.task_view)"),
     "ppi": (_ppi, "PPI tissue graphs (PyG): 20/2/2 graphs, 50 features, 121 binary node labels (data.task_view)"),
     "ogbn-proteins": (_ogbn_proteins, "OGB protein graph: 132k nodes, 39.5M edges, 112 binary node tasks, species "
-                                      "split (data.loader: neighbor)"),
+                                      "split (data.loader: neighbor or partition)"),
 }
 
 
