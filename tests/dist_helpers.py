@@ -21,6 +21,7 @@ from graph_mtl.config import TrainConfig
 from graph_mtl.engine.distributed import GradientSync
 from graph_mtl.engine.trainer import Trainer
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
+from graph_mtl.tasks import Task
 
 
 def spawn(fn: Callable, world_size: int, tmp: Path, *args) -> None:
@@ -39,25 +40,27 @@ def _entry(rank: int, fn: Callable, world_size: int, init: str, args: tuple) -> 
         tdist.destroy_process_group()
 
 
-def tiny_model(seed: int = 0) -> MultiTaskGNN:
+def tiny_model(tasks: list[Task], seed: int = 0) -> MultiTaskGNN:
     """GraphSAGE without dropout or batch norm (both would differ between shards and the whole batch; GIN has
     a batch norm inside its MLP)."""
     torch.manual_seed(seed)
     encoder = GNNEncoder(hidden=16, num_layers=2, conv="sage", node_encoder="atom", norm="none", dropout=0.0)
-    return MultiTaskGNN(encoder, list(TINY_TASKS), head_layers=1, head_dropout=0.0)
+    return MultiTaskGNN(encoder, tasks, head_layers=1, head_dropout=0.0)
 
 
-def train_shards(rank: int, world_size: int, cases: dict[str, tuple[str, dict]], out: str, steps: int = 3) -> None:
-    """For each case ``name: (balancer, balancer_args)``: ``steps`` trainer steps on batches of 8 molecules,
-    this process holding graphs ``rank::world_size`` of each. Rank 0 saves, per case, the parameters, the
-    balancer state, the weights of every step and the collectives used, to ``out``."""
+def train_shards(rank: int, world_size: int, cases: dict[str, tuple], out: str, steps: int = 3) -> None:
+    """For each case ``name: (balancer, balancer_args[, "graph"])``: ``steps`` trainer steps on batches of 8
+    molecules, this process holding graphs ``rank::world_size`` of each; ``"graph"`` keeps the graph-level
+    tasks only (rep mode then works at the pooled graph embedding). Rank 0 saves, per case, the parameters,
+    the balancer state, the weights of every step and the collectives used, to ``out``."""
     graphs = [molecule(s) for s in SMILES[:16]]
     saved = {}
-    for name, (balancer, args) in cases.items():
-        model = tiny_model()
+    for name, (balancer, args, *level) in cases.items():
+        tasks = [t for t in TINY_TASKS if not level or t.level == level[0]]
+        model = tiny_model(tasks)
         sync = GradientSync(rank, world_size) if world_size > 1 else None
         cfg = TrainConfig(lr=0.01, progress=False)
-        trainer = Trainer(model, create_balancer(balancer, [t.name for t in TINY_TASKS], **args), cfg, graphs,
+        trainer = Trainer(model, create_balancer(balancer, [t.name for t in tasks], **args), cfg, graphs,
                           sync=sync)
         weights = []
         for step in range(steps):
