@@ -39,6 +39,10 @@ def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
     """The encoder and heads for ``dataset``: OGB atom/bond encoders for OGB features, linear maps otherwise."""
     ogb = dataset.node_features == "ogb"
     edge_channels = dataset.num_edge_features
+    if cfg.conv == "auto":
+        cfg = dataclasses.replace(cfg, conv="gine" if edge_channels > 0 else "gin")
+    if cfg.virtual_node is None:
+        cfg = dataclasses.replace(cfg, virtual_node=not is_single_graph(dataset))
     if cfg.conv not in EDGE_CONVS or edge_channels == 0:
         edge_encoder = "none"
     else:
