@@ -3,10 +3,11 @@
 Results: test (and validation) score at the best validation epoch, mean +- std over seeds (the OGB protocol),
 as a markdown table written after every finished configuration, so a stopped run keeps what it measured.
 
-The plan (see ``benchmarks/configs/tox21_cpu.yaml``)::
+The plan (see ``benchmarks/configs/tox21_cpu.yaml``; every key is described in ``plan_runner.py``)::
 
     datasets: [ogbg-moltox21]
     seeds: [0, 1, 2]
+    score: ogb/rocauc                                   # the result tabulated
     base: {preset: ogb-baseline, train: {epochs: 20}}   # a graph-mtl config, shared by every row
     rows:                                               # one table row each: a label and overrides
       - {label: "OGB view, ew", set: {data.task_view: multilabel}}
