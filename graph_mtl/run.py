@@ -138,9 +138,11 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     if sync is not None:
         log(f"data parallel: {sync.world_size} processes, global batch {config.data.batch_size}")
     monitor = None
-    if config.train.monitor_every is not None and main:  # rank 0 observes its own shard
+    if config.train.monitor_every is not None:  # every process observes (SyncBatchNorm's backward holds
+        # collectives); rank 0 writes what its own shard shows
         monitor = ConflictMonitor([t.name for t in dataset.tasks], every=config.train.monitor_every,
-                                  mode=config.train.monitor_mode, out_dir=out_dir, append=resume is not None)
+                                  mode=config.train.monitor_mode, out_dir=out_dir if main else None,
+                                  append=resume is not None)
     trainer = Trainer(model, balancer, config.train, train_graphs, out_dir=out_dir, device=device,
                       seed=config.seed, log=log, summary=dataset_summary(dataset), monitor=monitor, sync=sync)
     n_params = sum(p.numel() for p in model.parameters())

@@ -72,3 +72,23 @@ def train_shards(rank: int, world_size: int, cases: dict[str, tuple], out: str, 
                        "collectives": sync.summary() if sync is not None else {}}
     if rank == 0:
         torch.save(saved, out)
+
+
+def edge_cases(rank: int, world_size: int, out: str) -> None:
+    """Two things a single process never meets: a gradient only some processes (or none) have, and an
+    evaluation split with fewer graphs than processes (one shard is empty; ``degree`` is multiclass)."""
+    from torch_geometric.loader import DataLoader
+
+    sync = GradientSync(rank, world_size)
+    only_rank0, nowhere = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    if rank == 0:
+        only_rank0.grad = torch.tensor([1.0, 2.0, 3.0])
+    sync.reduce_grads([only_rank0, nowhere])
+    graphs = [molecule(s) for s in SMILES[:16]]
+    model = tiny_model(list(TINY_TASKS))
+    trainer = Trainer(model, create_balancer("ew", [t.name for t in TINY_TASKS]), TrainConfig(progress=False),
+                      graphs, sync=sync)
+    valid = [molecule("CCO")]
+    result = trainer.evaluate(DataLoader(valid[rank::world_size], batch_size=4))
+    if rank == 0:
+        torch.save({"only_rank0": only_rank0.grad, "nowhere": nowhere.grad, "per_task": result["per_task"]}, out)

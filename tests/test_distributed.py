@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-from dist_helpers import spawn, train_shards
+from dist_helpers import edge_cases, spawn, train_shards
 
 from graph_mtl.data.sharding import ShardedBatches, shard_node_mask
 
@@ -65,10 +65,11 @@ def test_the_shared_gradient_is_reduced_once_in_exact_mode(trained):
     the heads only - never the shared parameters a second time."""
     stats = trained[1]["pcgrad-exact"]["collectives"]
     ew = trained[1]["ew"]["collectives"]
-    heads = sum(v.numel() for k, v in trained[0]["ew"]["params"].items() if k.startswith("heads"))
-    assert heads > 0
+    head_tensors = [v for k, v in trained[0]["ew"]["params"].items() if k.startswith("heads")]
+    assert head_tensors
     per_step_bytes = stats["gradients"]["megabytes"] * 2**20 / stats["gradients"]["calls"]
-    assert per_step_bytes == heads * 4
+    # the heads' float32 gradients and one has-a-gradient flag per tensor
+    assert per_step_bytes == 4 * (sum(v.numel() for v in head_tensors) + len(head_tensors))
     assert ew["gradients"]["megabytes"] > stats["gradients"]["megabytes"]
 
 
@@ -128,3 +129,26 @@ def test_cli_under_torchrun_gathers_metrics_and_resumes_in_one_process(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+def test_missing_gradients_and_an_empty_evaluation_shard(tmp_path):
+    """A gradient some process lacks counts as zero there; one no process has stays None (so Adam leaves
+    the parameter alone, as in one process); a split with one graph on 2 processes evaluates like 1 process."""
+    from conftest import SMILES, TINY_TASKS, molecule
+    from dist_helpers import tiny_model
+    from torch_geometric.loader import DataLoader
+
+    from graph_mtl.balancers import create
+    from graph_mtl.config import TrainConfig
+    from graph_mtl.engine.trainer import Trainer
+
+    spawn(edge_cases, 2, tmp_path, str(tmp_path / "edge.pt"))
+    saved = torch.load(tmp_path / "edge.pt")
+    assert torch.equal(saved["only_rank0"], torch.tensor([1.0, 2.0, 3.0]))
+    assert saved["nowhere"] is None
+    graphs = [molecule(s) for s in SMILES[:16]]
+    single = Trainer(tiny_model(list(TINY_TASKS)), create("ew", [t.name for t in TINY_TASKS]),
+                     TrainConfig(progress=False), graphs)
+    expected = single.evaluate(DataLoader([molecule("CCO")], batch_size=4))["per_task"]
+    assert saved["per_task"] == pytest.approx(expected, nan_ok=True)
+

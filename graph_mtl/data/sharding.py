@@ -81,6 +81,9 @@ def sharded_graph_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int,
                           num_workers: int = 0) -> dict[str, Any]:
     """Training: this process's shard of every global batch (order seeded, reseeded per epoch by the trainer).
     Evaluation: every ``world_size``-th graph from ``rank``, in batches of ``batch_size / world_size``."""
+    if batch_size < world_size:
+        raise ValueError(f"data.batch_size: {batch_size} graphs cannot be shared by {world_size} processes; use at "
+                         f"least {world_size} (it is the global batch, cut into one shard per process)")
     train = dataset.splits["train"]
     sampler = ShardedBatches(len(train), batch_size, rank, world_size, shuffle=True,
                              generator=torch.Generator().manual_seed(seed))

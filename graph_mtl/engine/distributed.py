@@ -33,12 +33,15 @@ A gradient summed inside the step is marked (:meth:`GradientSync.mark_reduced`) 
 :meth:`GradientSync.reduce_grads`, which packs every other gradient into one flat buffer per dtype and device
 and all-reduces it once. ``DistributedDataParallel`` is not wrapped around the model: its reducer all-reduces
 whatever a backward writes into ``.grad``, which for a gradient method is either nothing (the exact update is
-written without a backward) or the shared gradient a second time; the model, process group, launch and
-samplers are PyTorch's own.
+written without a backward) or the shared gradient a second time; the launch and process group are
+PyTorch's own, the per-process shards are cut by ``data/sharding.py``.
 
-Not exact across processes: batch-norm statistics on the CPU (each process normalises its shard; on CUDA the
-trainer converts batch norms to ``SyncBatchNorm``), dropout masks, and methods whose update is not a
-Gramian-weighted sum in ``rep`` mode (GradDrop, DB-MTL: use ``grad_mode: exact``).
+Not exact across processes: batch-norm statistics of graph batches on the CPU (each process normalises its
+shard; on CUDA the trainer converts batch norms to ``SyncBatchNorm``; single-graph node datasets are exact,
+every process holding the whole graph), dropout masks, a graph-level task on a single-graph dataset (every
+process holds that graph), and methods whose update is not a Gramian-weighted sum in ``rep`` mode (GradDrop,
+DB-MTL: use ``grad_mode: exact``). Validation loss is the mean of per-batch means over each process's batches;
+the metrics are computed on the gathered predictions of the whole split and are exact.
 """
 
 from __future__ import annotations
@@ -94,24 +97,40 @@ class GradientSync:
         self._reduced.update(id(p) for p in params)
 
     def reduce_grads(self, params: Sequence[Tensor]) -> None:
-        """Sum ``.grad`` of ``params`` not marked this step over processes (a missing one counts as zero),
-        one flat all-reduce per dtype and device; then forget the marks."""
+        """Sum ``.grad`` of ``params`` not marked this step over processes, one flat all-reduce per dtype and
+        device; then forget the marks. A parameter no process has a gradient for keeps ``.grad = None``, as in
+        a single process (Adam's momentum and weight decay then leave it alone, e.g. the head of a task absent
+        from the whole batch); one that some process lacks counts as zero there."""
         pending = [p for p in params if p.requires_grad and id(p) not in self._reduced]
         self._reduced.clear()
         groups: dict[tuple, list[Tensor]] = {}
         for p in pending:
             groups.setdefault((p.dtype, p.device), []).append(p)
-        for group in groups.values():
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+        for (dtype, device), group in groups.items():
+            has = torch.tensor([float(p.grad is not None) for p in group], dtype=dtype, device=device)
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group]
+                             + [has])
             self._all_reduce(flat, "gradients")
-            for p, g in zip(group, flat.split([p.numel() for p in group])):
-                p.grad = g.view_as(p).clone() if p.grad is None else p.grad.copy_(g.view_as(p))
+            anywhere = (flat[-len(group):] > 0).tolist()
+            for p, g, some in zip(group, flat[:-len(group)].split([p.numel() for p in group]), anywhere):
+                if not some:
+                    p.grad = None
+                elif p.grad is None:
+                    p.grad = g.view_as(p).clone()
+                else:
+                    p.grad.copy_(g.view_as(p))
 
     def broadcast_module(self, module: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every process."""
         with torch.no_grad():
             for tensor in [*module.parameters(), *module.buffers()]:
                 tdist.broadcast(tensor.data, src=0)
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every process."""
+        box = [obj]
+        tdist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (batch-norm running statistics) to every process."""
@@ -160,8 +179,9 @@ def init_distributed(device: torch.device) -> GradientSync | None:
 
 
 def local_device(requested: torch.device) -> torch.device:
-    """CUDA device ``LOCAL_RANK`` for a CUDA run under torchrun, else ``requested``."""
-    if requested.type == "cuda" and launched_by_torchrun() and requested.index is None:
+    """CUDA device ``LOCAL_RANK`` for a CUDA run under torchrun (whatever index was asked for: every process
+    on one GPU would not work), else ``requested``."""
+    if requested.type == "cuda" and launched_by_torchrun():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         return device
@@ -181,15 +201,17 @@ def sharded_losses(tasks: list[Task], preds: dict[str, Tensor], batch, scalers: 
             y = (y - mean.to(y.device)) / std.to(y.device)
         pred = preds[task.name]
         total, count = masked_loss_sum(task, pred, y, labelled_mask(task, y, node_mask))
-        sums.append(total if total is not None else pred.float().sum() * 0.0)  # keeps the graph connected
+        # no label here: an exact 0 that keeps the graph connected (not pred * 0, which is NaN at an inf)
+        sums.append(total.float() if total is not None else pred.float().reshape(-1)[:0].sum())
         counts.append(count)
     local = torch.stack(sums)
-    stats = sync.sum(torch.cat([local.detach().float(), torch.tensor(counts, dtype=torch.float32,
-                                                                     device=local.device)]), "losses")
-    global_sum, global_count = stats[: len(tasks)], stats[len(tasks):]
+    stats = sync.sum(torch.cat([local.detach().double(), torch.tensor(counts, dtype=torch.float64,
+                                                                      device=local.device)]), "losses")
+    global_sum, global_count = stats[: len(tasks)].float(), stats[len(tasks):].float()
+    present = (stats[len(tasks):] > 0).tolist()  # one host sync for all tasks
     losses: dict[str, Tensor] = {}
     for i, task in enumerate(tasks):
-        if global_count[i] > 0:
+        if present[i]:
             share = local[i] / global_count[i]
             losses[task.name] = share + (global_sum[i] / global_count[i] - share).detach()
     return losses

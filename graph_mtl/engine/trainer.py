@@ -108,6 +108,7 @@ class Trainer:
         self.balancer = balancer
         if sync is not None:
             sync.broadcast_module(self.model)  # every process starts from rank 0's weights
+            balancer.load_state_dict(sync.broadcast_object(balancer.state_dict()))  # and its RNG and state
             balancer.distribute(sync)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self._shared = list(self.model.shared_parameters())
@@ -289,10 +290,11 @@ class Trainer:
                     pred, y = pred[node_mask], y[node_mask]
                 y_true[task.name].append(y.cpu())
                 y_pred[task.name].append(pred.cpu())
-        true = {k: torch.cat(v).numpy() if v else np.zeros((0, t.num_outputs)) for (k, v), t in
-                zip(y_true.items(), self.tasks)}
-        pred = {k: torch.cat(v).numpy() if v else np.zeros((0, t.num_outputs)) for (k, v), t in
-                zip(y_pred.items(), self.tasks)}
+        # a process whose shard of the split is empty contributes empty arrays of the right widths
+        true = {t.name: torch.cat(y_true[t.name]).numpy() if y_true[t.name] else
+                np.zeros((0, 1 if t.kind == "multiclass" else t.num_outputs), dtype=np.float32) for t in self.tasks}
+        pred = {t.name: torch.cat(y_pred[t.name]).numpy() if y_pred[t.name] else
+                np.zeros((0, t.num_outputs), dtype=np.float32) for t in self.tasks}
         if self.sync is not None:  # every shard's predictions, the same on every process
             true, pred, loss_total, loss_batches = gather_predictions(self.sync, true, pred, loss_total,
                                                                       loss_batches)
