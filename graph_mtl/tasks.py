@@ -168,8 +168,7 @@ def collect_labels(tasks: list[Task], graphs) -> dict[str, Tensor]:
     for task in tasks:
         parts = []
         for graph in graphs:
-            y = task.labels(graph)
-            mask = labelled_mask(task, y, getattr(graph, "node_mask", None))
+            y, mask = loss_targets(task, graph)  # no scalers: the raw labels
             parts.append(torch.where(mask, y, torch.full_like(y, float("nan"))))
         out[task.name] = torch.cat(parts)
     return out
@@ -196,14 +195,20 @@ def task_losses(tasks: list[Task], preds: dict[str, Tensor], batch,
     A node task on a single-graph dataset is restricted to the split's nodes by ``batch.node_mask``.
     Regression targets named in ``scalers`` are standardised before the loss.
     """
-    node_mask = getattr(batch, "node_mask", None)
     losses: dict[str, Tensor] = {}
     for task in tasks:
-        y = task.labels(batch)
-        if scalers and task.name in scalers:
-            mean, std = scalers[task.name]
-            y = (y - mean.to(y.device)) / std.to(y.device)
-        loss = masked_loss(task, preds[task.name], y, labelled_mask(task, y, node_mask))
+        y, mask = loss_targets(task, batch, scalers)
+        loss = masked_loss(task, preds[task.name], y, mask)
         if loss is not None:
             losses[task.name] = loss
     return losses
+
+
+def loss_targets(task: Task, batch, scalers: Scalers | None = None) -> tuple[Tensor, Tensor]:
+    """The task's labels in ``batch`` as the loss sees them (standardised when ``scalers`` names the task) and
+    the mask of the entries that count (labelled, and inside ``batch.node_mask`` for a node task)."""
+    y = task.labels(batch)
+    if scalers and task.name in scalers:
+        mean, std = scalers[task.name]
+        y = (y - mean.to(y.device)) / std.to(y.device)
+    return y, labelled_mask(task, y, getattr(batch, "node_mask", None))

@@ -79,9 +79,8 @@ class JacobianEngine:
         leave a half-freed graph behind.
         """
         parts = None if isinstance(losses, Tensor) else [loss.reshape(()) for loss in losses]
-        stacked = torch.stack(parts) if parts is not None else losses
-        t = stacked.numel()
-        losses = stacked
+        losses = torch.stack(parts) if parts is not None else losses
+        t = losses.numel()
         if self.batched or (self.batched is None and losses.device.type != "cpu"):
             free_last = not retain_graph and self.verified
             try:

@@ -56,7 +56,7 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
-from graph_mtl.tasks import Scalers, Task, labelled_mask, masked_loss_sum
+from graph_mtl.tasks import Scalers, Task, loss_targets, masked_loss_sum
 
 
 @dataclass
@@ -192,15 +192,10 @@ def sharded_losses(tasks: list[Task], preds: dict[str, Tensor], batch, scalers: 
                    sync: GradientSync) -> dict[str, Tensor]:
     """Per-task losses whose value is the global batch's and whose gradient is this shard's share (module
     docstring); one all-reduce of ``2T`` numbers. Tasks with no label in the global batch are left out."""
-    node_mask = getattr(batch, "node_mask", None)
     sums, counts = [], []
     for task in tasks:
-        y = task.labels(batch)
-        if scalers and task.name in scalers:
-            mean, std = scalers[task.name]
-            y = (y - mean.to(y.device)) / std.to(y.device)
         pred = preds[task.name]
-        total, count = masked_loss_sum(task, pred, y, labelled_mask(task, y, node_mask))
+        total, count = masked_loss_sum(task, pred, *loss_targets(task, batch, scalers))
         # no label here: an exact 0 that keeps the graph connected (not pred * 0, which is NaN at an inf)
         sums.append(total.float() if total is not None else pred.float().reshape(-1)[:0].sum())
         counts.append(count)
