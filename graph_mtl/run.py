@@ -19,7 +19,7 @@ from graph_mtl.config import Config, ModelConfig, TrainConfig
 from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
 from graph_mtl.data.partition import partition_loaders
-from graph_mtl.data.registry import load_dataset
+from graph_mtl.data.registry import load_dataset, summary_for
 from graph_mtl.data.sharding import (
     is_single_graph,
     per_process_batch,
@@ -144,7 +144,7 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
                                   mode=config.train.monitor_mode, out_dir=out_dir if main else None,
                                   append=resume is not None)
     trainer = Trainer(model, balancer, config.train, train_graphs, out_dir=out_dir, device=device,
-                      seed=config.seed, log=log, summary=dataset_summary(dataset), monitor=monitor, sync=sync)
+                      seed=config.seed, log=log, summary=summary_for(dataset), monitor=monitor, sync=sync)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
     trainer.fit(loaders["train"], loaders["valid"], resume=resume)
@@ -188,20 +188,6 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
     if sync is not None and not is_single_graph(dataset):
         return sharded_graph_loaders(dataset, data.batch_size, config.seed, rank, world, data.num_workers)
     return build_loaders(dataset, data.batch_size, config.seed, data.num_workers)
-
-
-def dataset_summary(dataset: MultiTaskDataset) -> Callable[[dict, dict], dict[str, Any]] | None:
-    """The whole-dataset score of a dataset that has an official one (OGB's Evaluator), else ``None``."""
-    from graph_mtl.data.ogb_mol import is_ogb_mol, ogb_summary
-    from graph_mtl.data.registry import summary_for
-
-    node_summary = summary_for(dataset)
-    if node_summary is not None:
-        return node_summary
-    if not is_ogb_mol(dataset.name):
-        return None
-    tasks = list(dataset.tasks)
-    return lambda y_true, y_pred: ogb_summary(dataset.name, tasks, y_true, y_pred)
 
 
 def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,

@@ -55,10 +55,6 @@ def pyg_safe_globals() -> Iterator[None]:
         yield
 
 
-def is_ogb_mol(name: str) -> bool:
-    return name.startswith("ogbg-mol")
-
-
 def open_ogb_dataset(name: str, root: str | Path | None = None):
     """ogb's ``PygGraphPropPredDataset`` for ``name`` under ``root``, with a one-line error when it cannot be had."""
     from ogb.graphproppred import PygGraphPropPredDataset

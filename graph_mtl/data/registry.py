@@ -68,10 +68,20 @@ DATASETS: dict[str, tuple[Callable[[DataConfig], MultiTaskDataset], str]] = {
 }
 
 
+def registry_key(name: str) -> str:
+    """The :data:`DATASETS` entry of a dataset name (every ``ogbg-mol...`` shares one)."""
+    return "ogbg-mol*" if name.startswith("ogbg-mol") else name
+
+
 def summary_for(dataset: MultiTaskDataset) -> Callable[[dict, dict], dict[str, Any]] | None:
-    """The whole-dataset score of a node dataset that has one, as ``summary(y_true, y_pred)`` for the Trainer:
-    PPI's micro-F1 (``ppi/micro_f1``), OGB's Evaluator for ogbn-proteins (``ogb/rocauc``); else ``None``."""
+    """The whole-dataset score of a dataset that has an official one, as ``summary(y_true, y_pred)`` for the
+    Trainer: OGB's Evaluator for ``ogbg-mol*`` and ogbn-proteins (``ogb/<metric>``), PPI's micro-F1
+    (``ppi/micro_f1``); else ``None``."""
     tasks = list(dataset.tasks)
+    if registry_key(dataset.name) == "ogbg-mol*":
+        from graph_mtl.data.ogb_mol import ogb_summary
+
+        return lambda y_true, y_pred: ogb_summary(dataset.name, tasks, y_true, y_pred)
     if dataset.name == "ppi":
         from graph_mtl.data.ppi import ppi_summary
 
@@ -85,7 +95,7 @@ def summary_for(dataset: MultiTaskDataset) -> Callable[[dict, dict], dict[str, A
 
 def load_dataset(cfg: DataConfig) -> MultiTaskDataset:
     """Load the dataset named in ``cfg`` and keep only ``cfg.tasks`` when given."""
-    key = "ogbg-mol*" if cfg.name.startswith("ogbg-mol") else cfg.name
+    key = registry_key(cfg.name)
     if key not in DATASETS:
         raise ValueError(f"data.name: unknown dataset {cfg.name!r}; choose one of {sorted(DATASETS)}")
     dataset = DATASETS[key][0](cfg)
