@@ -16,16 +16,11 @@ from torch_geometric.utils import degree
 from graph_mtl.balancers import BALANCERS, Balancer
 from graph_mtl.balancers import create as create_balancer
 from graph_mtl.config import Config, ModelConfig, TrainConfig
-from graph_mtl.data.base import MultiTaskDataset
+from graph_mtl.data.base import MultiTaskDataset, is_single_graph
 from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
 from graph_mtl.data.partition import partition_loaders
 from graph_mtl.data.registry import load_dataset, summary_for
-from graph_mtl.data.sharding import (
-    is_single_graph,
-    per_process_batch,
-    shard_node_dataset,
-    sharded_graph_loaders,
-)
+from graph_mtl.data.sharding import per_process_batch, shard_node_dataset, sharded_graph_loaders
 from graph_mtl.engine.checkpoint import seed_everything
 from graph_mtl.engine.distributed import GradientSync, init_distributed, is_main_process, local_device
 from graph_mtl.engine.metrics import better

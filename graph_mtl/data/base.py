@@ -49,3 +49,21 @@ class MultiTaskDataset:
     def num_edge_features(self) -> int:
         edge_attr = getattr(self.splits["train"][0], "edge_attr", None)
         return 0 if edge_attr is None else int(edge_attr.size(-1))
+
+
+def is_single_graph(dataset: MultiTaskDataset) -> bool:
+    """One graph per split, selected by node masks (Planetoid, block models, ogbn-proteins)."""
+    return all(len(g) == 1 and getattr(g[0], "node_mask", None) is not None for g in dataset.splits.values())
+
+
+def require_single_graph(dataset: MultiTaskDataset, loader: str, what: str) -> None:
+    """One-line errors naming ``data.loader`` when a mini-batch ``loader`` (which ``what``) meets graph tasks or
+    a dataset with several graphs per split."""
+    graph_tasks = [t.name for t in dataset.tasks if t.level == "graph"]
+    if graph_tasks:
+        raise ValueError(f"data.loader: '{loader}' {what} and serves node tasks only; {dataset.name} has graph "
+                         f"tasks {graph_tasks}; use data.loader: full")
+    for split, graphs in dataset.splits.items():
+        if len(graphs) != 1 or getattr(graphs[0], "node_mask", None) is None:
+            raise ValueError(f"data.loader: '{loader}' needs a single-graph node dataset with node masks; "
+                             f"{dataset.name} has {len(graphs)} graphs in its {split} split; use data.loader: full")

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.loader import NeighborLoader
 
-from graph_mtl.data.base import SPLITS, MultiTaskDataset
+from graph_mtl.data.base import SPLITS, MultiTaskDataset, require_single_graph
 
 
 def check_fanout(fanout: list[int] | None, num_layers: int) -> list[int]:
@@ -119,16 +119,24 @@ class SampledBatches:
         local = torch.full((n,), -1, dtype=torch.long)
         local[n_id] = torch.arange(len(n_id))
         edge_ids = torch.cat(edges)
-        batch = Data(edge_index=local[self.graph.edge_index[:, edge_ids]], num_nodes=len(n_id))
-        for key, value in self.graph.items():
-            if key in ("edge_index", "num_nodes", "node_mask"):
-                continue
-            if isinstance(value, Tensor) and self.graph.is_node_attr(key):
-                batch[key] = value[n_id]
-            elif isinstance(value, Tensor) and self.graph.is_edge_attr(key):
-                batch[key] = value[edge_ids]
-        batch.n_id, batch.batch_size = n_id, len(seeds)
+        batch = subgraph_batch(self.graph, n_id, edge_ids, local[self.graph.edge_index[:, edge_ids]])
+        batch.batch_size = len(seeds)
         return _seed_mask(batch)
+
+
+def subgraph_batch(graph: Data, n_id: Tensor, edge_ids: Tensor, edge_index: Tensor) -> Data:
+    """The nodes ``n_id`` and edges ``edge_ids`` of ``graph`` as a batch: ``edge_index`` (relabelled to
+    ``0..len(n_id)-1``), every node and edge tensor attribute sliced (``node_mask`` left out), ``n_id``."""
+    batch = Data(edge_index=edge_index, num_nodes=len(n_id))
+    for key, value in graph.items():
+        if key in ("edge_index", "num_nodes", "node_mask") or not isinstance(value, Tensor):
+            continue
+        if graph.is_node_attr(key):
+            batch[key] = value[n_id]
+        elif graph.is_edge_attr(key):
+            batch[key] = value[edge_ids]
+    batch.n_id = n_id
+    return batch
 
 
 def neighbor_loaders(dataset: MultiTaskDataset, fanout: list[int], batch_size: int, seed: int,
@@ -142,17 +150,10 @@ def neighbor_loaders(dataset: MultiTaskDataset, fanout: list[int], batch_size: i
     if sampler == "pyg" and not pyg_sampler_available():
         raise ValueError("data.sampler: 'pyg' needs pyg-lib or torch-sparse installed; use 'builtin' or 'auto'")
     use_pyg = sampler == "pyg" or (sampler == "auto" and pyg_sampler_available())
-    graph_tasks = [t.name for t in dataset.tasks if t.level == "graph"]
-    if graph_tasks:
-        raise ValueError(f"data.loader: 'neighbor' samples node neighbourhoods and serves node tasks only; "
-                         f"{dataset.name} has graph tasks {graph_tasks}; use data.loader: full")
+    require_single_graph(dataset, "neighbor", "samples node neighbourhoods")
     loaders: dict[str, Any] = {}
     for split in splits:
-        graphs = dataset.splits[split]
-        if len(graphs) != 1 or getattr(graphs[0], "node_mask", None) is None:
-            raise ValueError(f"data.loader: 'neighbor' needs a single-graph node dataset with node masks; "
-                             f"{dataset.name} has {len(graphs)} graphs in its {split} split")
-        graph = graphs[0]
+        graph = dataset.splits[split][0]
         seeds = graph.node_mask
         if not bool(seeds.any()):
             raise ValueError(f"data: the {split} node mask of {dataset.name} selects no node")

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from graph_mtl.data.base import MultiTaskDataset
-from graph_mtl.data.neighbor import neighbor_loaders
+from graph_mtl.data.base import MultiTaskDataset, require_single_graph
+from graph_mtl.data.neighbor import neighbor_loaders, subgraph_batch
 
 PARTITIONS: tuple[str, ...] = ("random", "metis")
 
@@ -112,19 +112,9 @@ class PartitionBatches:
         for nodes, edge_ids in zip(groups, kept.split(counts)):
             n_id = torch.sort(nodes).values
             local[n_id] = torch.arange(len(n_id))
-            yield self._batch(n_id, edge_ids, local[self.graph.edge_index[:, edge_ids]])
-
-    def _batch(self, n_id: Tensor, edge_ids: Tensor, edge_index: Tensor) -> Data:
-        batch = Data(edge_index=edge_index, num_nodes=len(n_id))
-        for key, value in self.graph.items():
-            if key in ("edge_index", "num_nodes", "node_mask") or not isinstance(value, Tensor):
-                continue
-            if self.graph.is_node_attr(key):
-                batch[key] = value[n_id]
-            elif self.graph.is_edge_attr(key):
-                batch[key] = value[edge_ids]
-        batch.n_id, batch.node_mask = n_id, self.mask[n_id]
-        return batch
+            batch = subgraph_batch(self.graph, n_id, edge_ids, local[self.graph.edge_index[:, edge_ids]])
+            batch.node_mask = self.mask[n_id]
+            yield batch
 
 
 def partition_loaders(dataset: MultiTaskDataset, num_parts: int, parts_per_batch: int, num_layers: int,
@@ -141,14 +131,7 @@ def partition_loaders(dataset: MultiTaskDataset, num_parts: int, parts_per_batch
     if not 1 <= parts_per_batch <= num_parts:
         raise ValueError(f"data.parts_per_batch: must be between 1 and data.num_parts={num_parts}, "
                          f"got {parts_per_batch}")
-    graph_tasks = [t.name for t in dataset.tasks if t.level == "graph"]
-    if graph_tasks:
-        raise ValueError(f"data.loader: 'partition' cuts one graph into node parts and serves node tasks only; "
-                         f"{dataset.name} has graph tasks {graph_tasks}; use data.loader: full")
-    for split, graphs in dataset.splits.items():
-        if len(graphs) != 1 or getattr(graphs[0], "node_mask", None) is None:
-            raise ValueError(f"data.loader: 'partition' needs a single-graph node dataset with node masks; "
-                             f"{dataset.name} has {len(graphs)} graphs in its {split} split; use data.loader: full")
+    require_single_graph(dataset, "partition", "cuts one graph into node parts")
     graph = dataset.splits["train"][0]
     if num_parts > graph.num_nodes:
         raise ValueError(f"data.num_parts: {num_parts} parts for a graph of {graph.num_nodes} nodes; use at most "

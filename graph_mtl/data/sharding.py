@@ -57,11 +57,6 @@ def shard_node_mask(mask: Tensor, rank: int, world_size: int) -> Tensor:
 
 
 
-def is_single_graph(dataset: MultiTaskDataset) -> bool:
-    """One graph per split, selected by node masks (Planetoid, block models, ogbn-proteins)."""
-    return all(len(g) == 1 and getattr(g[0], "node_mask", None) is not None for g in dataset.splits.values())
-
-
 def shard_node_dataset(dataset: MultiTaskDataset, rank: int, world_size: int) -> MultiTaskDataset:
     """A copy of a single-graph dataset whose split masks select this process's share of the nodes."""
     splits = {}
