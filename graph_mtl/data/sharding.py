@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -56,12 +57,11 @@ def shard_node_mask(mask: Tensor, rank: int, world_size: int) -> Tensor:
     return out
 
 
-
 def shard_node_dataset(dataset: MultiTaskDataset, rank: int, world_size: int) -> MultiTaskDataset:
     """A copy of a single-graph dataset whose split masks select this process's share of the nodes."""
     splits = {}
     for split in SPLITS:
-        graph = dataset.splits[split][0].clone()
+        graph = copy.copy(dataset.splits[split][0])  # shallow: the graph's tensors are shared, not copied
         graph.node_mask = shard_node_mask(graph.node_mask, rank, world_size)
         splits[split] = [graph]
     return dataclasses.replace(dataset, splits=splits)

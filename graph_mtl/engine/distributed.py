@@ -122,9 +122,9 @@ class GradientSync:
 
     def broadcast_module(self, module: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every process."""
-        with torch.no_grad():
-            for tensor in [*module.parameters(), *module.buffers()]:
-                tdist.broadcast(tensor.data, src=0)
+        for param in module.parameters():
+            tdist.broadcast(param.data, src=0)
+        self.broadcast_buffers(module)
 
     def broadcast_object(self, obj):
         """Rank 0's ``obj`` on every process."""
