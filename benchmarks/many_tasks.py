@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 import torch_geometric
-from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 #: ToxCast's fraction of missing labels
@@ -99,7 +98,8 @@ def many_task_molecules(num_graphs: int, num_tasks: int, missing: float = MISSIN
     n_train, n_valid = int(0.8 * num_graphs), int(0.1 * num_graphs)
     splits = {"train": graphs[:n_train], "valid": graphs[n_train:n_train + n_valid],
               "test": graphs[n_train + n_valid:]}
-    info = {"source": "generated (benchmarks/many_tasks.py)", "missing_label_fraction": float(labels.isnan().float().mean())}
+    info = {"source": "generated (benchmarks/many_tasks.py)",
+            "missing_label_fraction": float(labels.isnan().float().mean())}
     return MultiTaskDataset(f"many{num_tasks}", tasks, splits, node_features="ogb", info=info)
 
 

@@ -99,6 +99,14 @@ class Task:
 
     def labels(self, batch) -> Tensor:
         """The task's labels from a batch, shape ``[n, k]`` (``k`` = 1 for binary and multiclass)."""
+        y = self.target_matrix(batch)
+        if self.columns is not None:
+            y = y[:, list(self.columns)]
+        return y
+
+    def target_matrix(self, batch) -> Tensor:
+        """The whole target attribute of a batch as a float ``[n, C]`` matrix (every column, not only this
+        task's)."""
         try:
             y = getattr(batch, self.target)
         except AttributeError:
@@ -106,11 +114,7 @@ class Task:
         if y is None:
             raise KeyError(f"task {self.name!r}: the batch has no target attribute {self.target!r}")
         y = y.float()
-        if y.dim() == 1:
-            y = y.unsqueeze(-1)
-        if self.columns is not None:
-            y = y[:, list(self.columns)]
-        return y
+        return y.unsqueeze(-1) if y.dim() == 1 else y
 
 
 def labelled_mask(task: Task, y: Tensor, node_mask: Tensor | None = None) -> Tensor:
@@ -163,15 +167,34 @@ Scalers = dict[str, tuple[Tensor, Tensor]]
 
 
 def collect_labels(tasks: list[Task], graphs) -> dict[str, Tensor]:
-    """Every task's targets over ``graphs`` stacked row-wise, NaN where unlabelled or outside ``node_mask``."""
+    """Every task's targets over ``graphs`` stacked row-wise, NaN where unlabelled or outside ``node_mask``.
+
+    Each target attribute (and the node masks) is concatenated over the graphs once, then every task takes its
+    columns of the result: ``O(graphs + tasks)`` tensor operations, not ``graphs x tasks``.
+    """
+    graphs = list(graphs)
+    joined = _JoinedTargets()
+    for attribute in dict.fromkeys(task.target for task in tasks):
+        parts = [getattr(graph, attribute, None) for graph in graphs]
+        if any(part is None for part in parts):
+            raise KeyError(f"task {next(t.name for t in tasks if t.target == attribute)!r}: a graph has no target "
+                           f"attribute {attribute!r}")
+        setattr(joined, attribute, torch.cat([p.float().reshape(p.shape[0], -1) for p in parts]) if parts else
+                torch.zeros(0, 1))
+    if any(getattr(graph, "node_mask", None) is not None for graph in graphs):
+        joined.node_mask = torch.cat([graph.node_mask if getattr(graph, "node_mask", None) is not None else
+                                      torch.ones(graph.num_nodes, dtype=torch.bool) for graph in graphs])
     out: dict[str, Tensor] = {}
     for task in tasks:
-        parts = []
-        for graph in graphs:
-            y, mask = loss_targets(task, graph)  # no scalers: the raw labels
-            parts.append(torch.where(mask, y, torch.full_like(y, float("nan"))))
-        out[task.name] = torch.cat(parts)
+        y, mask = loss_targets(task, joined)  # no scalers: the raw labels
+        out[task.name] = torch.where(mask, y, torch.full_like(y, float("nan")))
     return out
+
+
+class _JoinedTargets:
+    """The target attributes (and ``node_mask``) of many graphs concatenated: what :func:`loss_targets` reads."""
+
+    node_mask: Tensor | None = None
 
 
 def fit_scalers(tasks: list[Task], labels: dict[str, Tensor]) -> Scalers:
@@ -194,14 +217,74 @@ def task_losses(tasks: list[Task], preds: dict[str, Tensor], batch,
 
     A node task on a single-graph dataset is restricted to the split's nodes by ``batch.node_mask``.
     Regression targets named in ``scalers`` are standardised before the loss.
+
+    Tasks that read one column each of the same target with an element-wise loss (every column of an OGB
+    dataset in the column view) are handled together by :func:`column_losses`: their targets, masks and label
+    counts are one ``[n, T]`` pass with one host sync, and each task's loss is still its own autograd node
+    (a per-task backward visits that task's head only). Other tasks go through :func:`masked_loss`.
     """
     losses: dict[str, Tensor] = {}
+    groups: dict[tuple[str, str], list[Task]] = {}
     for task in tasks:
+        if task.loss in COLUMN_LOSSES and task.columns is not None and len(task.columns) == 1:
+            groups.setdefault((task.target, task.level), []).append(task)
+            continue
         y, mask = loss_targets(task, batch, scalers)
         loss = masked_loss(task, preds[task.name], y, mask)
         if loss is not None:
             losses[task.name] = loss
+    for group in groups.values():
+        losses.update(column_losses(group, preds, batch, scalers))
+    return {task.name: losses[task.name] for task in tasks if task.name in losses}
+
+
+#: element-wise losses that :func:`column_losses` computes for many one-column tasks at once
+COLUMN_LOSSES: tuple[str, ...] = ("bce", "mse", "l1", "smooth_l1")
+
+
+def column_losses(tasks: list[Task], preds: dict[str, Tensor], batch,
+                  scalers: Scalers | None = None) -> dict[str, Tensor]:
+    r"""The mean-per-task losses of one-column tasks on the same target and level, computed column-wise.
+
+    With ``Y [n, T]`` the tasks' columns, ``M`` their labelled mask and ``c_t = sum_i M_it``, task ``t``'s loss is
+    ``L_t = sum_i l(p_it, Y_it) M_it / c_t``, the mean over its labelled entries (:func:`masked_loss`), or absent
+    when ``c_t = 0``. ``Y``, ``M`` and ``M / c`` are built once for all tasks; one host sync reads which ``c_t``
+    are positive.
+    """
+    first = tasks[0]
+    y = first.target_matrix(batch)[:, [task.columns[0] for task in tasks]]
+    scaled = [i for i, task in enumerate(tasks) if scalers and task.name in scalers]
+    if scaled:
+        mean = torch.zeros(len(tasks), device=y.device)
+        std = torch.ones(len(tasks), device=y.device)
+        index = torch.tensor(scaled, device=y.device)
+        mean[index] = torch.cat([scalers[tasks[i].name][0].reshape(1) for i in scaled]).to(y.device)
+        std[index] = torch.cat([scalers[tasks[i].name][1].reshape(1) for i in scaled]).to(y.device)
+        y = (y - mean) / std
+    mask = labelled_mask(first, y, getattr(batch, "node_mask", None))
+    counts = mask.sum(dim=0)
+    present = (counts > 0).tolist()  # the one host sync
+    target = torch.where(mask, y, torch.zeros_like(y))
+    weight = mask / counts.clamp(min=1)
+    losses: dict[str, Tensor] = {}
+    for i, task in enumerate(tasks):
+        if present[i]:
+            losses[task.name] = _weighted_loss(task.loss, preds[task.name].float(), target[:, i:i + 1],
+                                               weight[:, i:i + 1])
     return losses
+
+
+def _weighted_loss(loss: str, pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """``sum(l(pred, target) * weight)`` for an element-wise loss ``l`` (one fused op for ``bce``)."""
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(pred, target, weight=weight, reduction="sum")
+    if loss == "mse":
+        elementwise = F.mse_loss(pred, target, reduction="none")
+    elif loss == "l1":
+        elementwise = F.l1_loss(pred, target, reduction="none")
+    else:
+        elementwise = F.smooth_l1_loss(pred, target, reduction="none")
+    return (elementwise * weight).sum()
 
 
 def loss_targets(task: Task, batch, scalers: Scalers | None = None) -> tuple[Tensor, Tensor]:

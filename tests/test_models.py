@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from torch_geometric.data import Batch
@@ -160,3 +162,21 @@ def test_rep_mode_at_the_pooled_representation_matches_a_per_task_loop(batch, ti
     assert torch.allclose(w, w_ref.float(), atol=1e-5)
     update = torch.cat([p.grad.reshape(-1) for p in shared])
     assert torch.allclose(update, w_ref.float() @ J_theta, atol=1e-5, rtol=1e-4)
+
+
+def test_any_task_name_keys_a_head_and_checkpoints_of_identifier_names_keep_their_keys(batch, tiny_dataset):
+    from graph_mtl.models.multitask import head_key
+
+    names = ["NVS_GPCR_hDRD4.4", "assay 7 ratio", "Δ-logP", "training", "type", "a%2Eb", "a.b", "plain"]
+    keys = [head_key(n) for n in names]
+    assert len(set(keys)) == len(names) and all("." not in k for k in keys)
+    assert head_key("plain") == "plain"  # identifiers keep the key checkpoints were written with
+    base = next(t for t in tiny_dataset.tasks if t.level == "graph")
+    tasks = [dataclasses.replace(base, name=n) for n in names]
+    model = MultiTaskGNN(GNNEncoder(hidden=8, num_layers=1, conv="sage", node_encoder="atom"), tasks)
+    out = model(batch)
+    assert list(out.preds) == names
+    assert list(model.task_parameters("a.b")) == list(model.head("a.b").parameters())
+    assert "heads.plain.mlp.0.weight" in model.state_dict()
+    with pytest.raises(KeyError, match="no task"):
+        model.head("missing")

@@ -84,3 +84,57 @@ def test_bad_task_specs_are_clear_errors(kwargs, field):
 def test_missing_target_attribute_names_it():
     with pytest.raises(KeyError, match="y_missing"):
         Task("t", "graph", "binary", target="y_missing").labels(object())
+
+
+def _column_batch(seed: int = 0):
+    """Six rows of a 5-column target (NaN-holed, column 4 unlabelled) with a node mask over the rows."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (6, 5), generator=gen).float()
+    y[torch.rand(6, 5, generator=gen) < 0.4] = float("nan")
+    y[:, 4] = float("nan")
+    y[:, 3] = torch.randn(6, generator=gen) * 3 + 1
+
+    class Batch:
+        pass
+
+    batch = Batch()
+    batch.y, batch.node_mask = y, torch.tensor([True, True, False, True, True, True])
+    return batch
+
+
+@pytest.mark.parametrize("level", ["graph", "node"])
+def test_column_losses_equal_the_per_task_masked_loss(level):
+    """The column-wise pass gives each task's masked_loss (scalers, node mask, absent task and all) and keeps
+    every loss its own autograd node: a task's gradient reaches its own prediction only."""
+    batch = _column_batch()
+    tasks = [Task(f"c{j}", level, "binary", columns=(j,)) for j in (0, 1, 2, 4)]
+    tasks.insert(2, Task("r.3", level, "regression", columns=(3,), loss="smooth_l1"))
+    tasks.append(Task("m", level, "multilabel", num_outputs=2, columns=(0, 1)))
+    scalers = {"r.3": (torch.tensor([1.0]), torch.tensor([3.0]))}
+    preds = {t.name: torch.randn(6, t.num_outputs, requires_grad=True) for t in tasks}
+    losses = task_losses(tasks, preds, batch, scalers)
+    assert list(losses) == [t.name for t in tasks if t.name != "c4"]  # task order kept, the unlabelled one absent
+    y_scaled = batch.y.clone()
+    y_scaled[:, 3] = (y_scaled[:, 3] - 1.0) / 3.0
+    for task in tasks[:-1]:
+        y = y_scaled[:, list(task.columns)]
+        expected = masked_loss(task, preds[task.name], y, labelled_mask(task, y, batch.node_mask))
+        if expected is None:
+            continue
+        assert losses[task.name].item() == pytest.approx(expected.item(), rel=1e-5)
+    grads = torch.autograd.grad(losses["c0"], list(preds.values()), allow_unused=True)
+    assert [g is not None for g in grads] == [t.name == "c0" for t in tasks]
+
+
+def test_collect_labels_joins_graphs_once_per_target_and_honours_node_masks():
+    from torch_geometric.data import Data
+
+    graphs = [Data(y_graph=torch.tensor([[1.0, float("nan")]]), y=torch.tensor([0.0, 1.0, 2.0]), num_nodes=3,
+                   node_mask=torch.tensor([True, False, True])),
+              Data(y_graph=torch.tensor([[0.0, 1.0]]), y=torch.tensor([3.0, 4.0]), num_nodes=2)]
+    tasks = [Task("g.1", "graph", "binary", target="y_graph", columns=(1,)),
+             Task("n", "node", "regression", target="y")]
+    labels = collect_labels(tasks, graphs)
+    assert torch.equal(labels["g.1"].isnan(), torch.tensor([[True], [False]]))
+    expected = torch.tensor([[0.0], [float("nan")], [2.0], [3.0], [4.0]])
+    assert torch.allclose(labels["n"], expected, equal_nan=True)

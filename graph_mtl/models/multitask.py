@@ -34,8 +34,27 @@ class MultiTaskOutput:
         return self.graph_repr if self.graph_repr is not None and self.graph_only else self.node_repr
 
 
+_ATTRIBUTES = nn.ModuleDict()  # names taken by a ModuleDict's own attributes (``training``, ``type``, ...)
+
+
+def head_key(name: str) -> str:
+    """The key of task ``name``'s head in :attr:`MultiTaskGNN.heads` (a task name is a label, any string).
+
+    A Python identifier that is not an attribute of ``nn.ModuleDict`` is its own key (so checkpoints of such names
+    keep their parameter names); any other name is ``~`` plus the name with ``%`` and ``.`` percent-encoded
+    (``NVS_GPCR_hDRD4.4`` -> ``~NVS_GPCR_hDRD4%2E4``). ``~`` is not an identifier character, so the two kinds
+    never collide, and the encoding is one-to-one.
+    """
+    if name.isidentifier() and not hasattr(_ATTRIBUTES, name):
+        return name
+    return "~" + name.replace("%", "%25").replace(".", "%2E")
+
+
 class MultiTaskGNN(nn.Module):
     """A shared :class:`GNNEncoder` feeding one :class:`NodeHead` or :class:`GraphHead` per task.
+
+    ``heads`` is keyed by :func:`head_key` (task names may hold dots, spaces or any character); predictions,
+    :meth:`head` and :meth:`task_parameters` use the task names.
 
     Args:
         encoder: the shared encoder.
@@ -59,7 +78,8 @@ class MultiTaskGNN(nn.Module):
                 heads[task.name] = NodeHead(width, task.num_outputs, hidden, head_layers, head_dropout)
             else:
                 heads[task.name] = GraphHead(width, task.num_outputs, pool, hidden, head_layers, head_dropout)
-        self.heads = nn.ModuleDict(heads)
+        self._keys = {name: head_key(name) for name in heads}
+        self.heads = nn.ModuleDict({self._keys[name]: head for name, head in heads.items()})
         self.pool = pool
         graph_heads = [h for h in heads.values() if isinstance(h, GraphHead)]
         # pool once for every graph head when the pooling has no parameters (also one backward through it)
@@ -77,19 +97,26 @@ class MultiTaskGNN(nn.Module):
             batch_vec = batch.x.new_zeros(batch.x.size(0), dtype=batch.edge_index.dtype)
         h = self.encoder(batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
         pooled = pool_nodes(self.pool, h, batch_vec, num_graphs) if self._shared_pool else None
-        preds = {name: head(h, batch_vec, num_graphs, pooled) if isinstance(head, GraphHead)
-                 else head(h, batch_vec, num_graphs) for name, head in self.heads.items()}
+        preds = {}
+        for name, key in self._keys.items():
+            head = self.heads[key]
+            preds[name] = (head(h, batch_vec, num_graphs, pooled) if isinstance(head, GraphHead)
+                           else head(h, batch_vec, num_graphs))
         return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=self._graph_only)
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the shared encoder (what gradient balancers act on)."""
         return self.encoder.parameters()
 
+    def head(self, name: str) -> nn.Module:
+        """The head of task ``name``."""
+        if name not in self._keys:
+            raise KeyError(f"model: no task {name!r}; tasks: {self.task_names}")
+        return self.heads[self._keys[name]]
+
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
         """Parameters of one task's head."""
-        if name not in self.heads:
-            raise KeyError(f"model: no task {name!r}; tasks: {self.task_names}")
-        return self.heads[name].parameters()
+        return self.head(name).parameters()
 
     def last_shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the last shared layer (GradNorm's W)."""
