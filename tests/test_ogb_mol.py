@@ -83,6 +83,32 @@ def test_ogb_evaluator_agrees_with_our_metric_on_random_predictions(tox21):
     assert summary["ogb/skipped_columns"] == [i for i, t in enumerate(tox21.tasks) if ours[t.name] is None]
 
 
+def test_ogb_score_on_a_column_subset_is_ogbs_metric_on_those_columns(tox21):
+    rng = np.random.default_rng(1)
+    graphs = tox21.splits["valid"]
+    labels = torch.cat([g.y_graph for g in graphs]).numpy()
+    subset = tox21.tasks[2:7]
+    y_true = {t.name: labels[:, t.columns[0]] for t in subset}
+    y_pred = {t.name: rng.normal(size=len(graphs)) for t in subset}
+    ours = [v for v in evaluate_tasks(subset, y_true, y_pred)["per_task"].values() if v is not None]
+    summary = ogb_summary("ogbg-moltox21", subset, y_true, y_pred)
+    assert summary["ogb/rocauc"] == pytest.approx(np.mean(ours), abs=1e-9)  # a number, not a silent nan
+    assert summary["ogb/columns"] == "5 of 12 (data.tasks)"
+
+
+def test_half_made_dataset_folder_is_named_and_stdin_never_read(tmp_path, monkeypatch):
+    import builtins
+
+    def read_stdin(*args):
+        raise AssertionError("stdin read")
+
+    monkeypatch.setattr(builtins, "input", read_stdin)
+    (tmp_path / "ogbg_molbbbp" / "raw").mkdir(parents=True)  # what a failed download used to leave behind
+    with pytest.raises(ValueError, match=r"^data.root: .*ogbg_molbbbp is a half-made OGB dataset folder") as err:
+        load_ogb_mol("ogbg-molbbbp", tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def test_missing_dataset_offline_is_a_one_line_error(tmp_path, monkeypatch):
     import ogb.graphproppred.dataset_pyg as dataset_pyg
 
@@ -93,6 +119,7 @@ def test_missing_dataset_offline_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"^data.root: ogbg-molbbbp is neither under .* nor downloadable") as err:
         load_ogb_mol("ogbg-molbbbp", tmp_path)
     assert "\n" not in str(err.value)
+    assert not (tmp_path / "ogbg_molbbbp").exists()  # nothing half-made left for the next run to trip on
 
 
 def test_ogb_baseline_preset_and_overrides():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,16 +56,40 @@ def pyg_safe_globals() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def no_prompts(folder: Path) -> Iterator[None]:
+    """ogb asks ``(y/N)`` questions on stdin (a dataset update, a download over 1 GB); inside the block such a
+    question is a one-line ``ValueError`` naming ``folder`` instead, and stdin is never read."""
+    import builtins
+    from unittest import mock
+
+    def refuse(prompt: str = "") -> str:
+        question = " ".join(str(prompt).split())
+        raise ValueError(f"data.root: ogb asked {question!r} about {folder}; graph_mtl never answers prompts: "
+                         "delete the folder or put a complete copy of the dataset there")
+
+    with mock.patch.object(builtins, "input", refuse):
+        yield
+
+
 def open_ogb_dataset(name: str, root: str | Path | None = None):
     """ogb's ``PygGraphPropPredDataset`` for ``name`` under ``root``, with a one-line error when it cannot be had."""
     from ogb.graphproppred import PygGraphPropPredDataset
 
     root = Path(root) if root is not None else default_root()
     folder = root / name.replace("-", "_")
+    if folder.is_dir() and not any(folder.glob("RELEASE_v*.txt")):
+        raise ValueError(f"data.root: {folder} is a half-made OGB dataset folder (no RELEASE_v*.txt: an interrupted "
+                         "or failed download); delete it, or replace it with a complete copy of the dataset")
+    existed = folder.exists()
     try:
-        with pyg_safe_globals():
+        with pyg_safe_globals(), no_prompts(folder):
             return PygGraphPropPredDataset(name=name, root=str(root))
     except (OSError, ValueError, KeyError) as err:  # offline download, unknown name (ogb raises ValueError)
+        if not existed:  # what the failed attempt created, so that the next run does not find a half-made folder
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(err, ValueError) and str(err).startswith("data.root:"):
+            raise
         if isinstance(err, ValueError) and "Invalid dataset name" in str(err):
             raise ValueError(f"data.name: {name!r} is not an OGB graph dataset; ogbg-mol* names are listed by "
                              "ogb.graphproppred (e.g. ogbg-moltox21)") from None
@@ -131,7 +156,9 @@ def ogb_summary(name: str, tasks: list[Task], y_true: dict[str, np.ndarray],
     """OGB's ``Evaluator`` on the ``[N, C]`` label and prediction matrices rebuilt from the tasks (either view).
 
     Returns ``{"ogb/<metric>": value}`` and ``"ogb/skipped_columns"``: the columns OGB leaves out of its mean
-    (for ROC-AUC and AP, columns without both classes among the labelled rows).
+    (for ROC-AUC and AP, columns without both classes among the labelled rows). On a subset of the columns
+    (``data.tasks``) the value is OGB's metric on those columns (not the leaderboard's number, which needs all
+    of them) and ``"ogb/columns"`` says how many of the dataset's columns it covers.
     """
     from ogb.graphproppred import Evaluator
 
@@ -147,8 +174,14 @@ def ogb_summary(name: str, tasks: list[Task], y_true: dict[str, np.ndarray],
             labelled = true[:, c][~np.isnan(true[:, c])]
             if not (np.any(labelled == 1) and np.any(labelled == 0)):
                 skipped.append(c)
+    out: dict[str, float | list[int] | str] = {}
+    if true.shape[1] != evaluator.num_tasks:
+        # a column subset (data.tasks): OGB's own metric code on the selected columns; its check of the column
+        # count is the only thing that refuses a subset, so it is told the subset's width
+        out["ogb/columns"] = f"{true.shape[1]} of {evaluator.num_tasks} (data.tasks)"
+        evaluator.num_tasks = true.shape[1]
     try:
         value = float(evaluator.eval({"y_true": true, "y_pred": pred})[metric])
     except RuntimeError:  # OGB raises when no column can be scored
         value = float("nan")
-    return {f"ogb/{metric}": value, "ogb/skipped_columns": skipped}
+    return {f"ogb/{metric}": value, "ogb/skipped_columns": skipped, **out}
