@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from graph_mtl.config import Config, apply_override, from_dict
-from graph_mtl.run import train_seeds
+from graph_mtl.run import mean_std, train_seeds
 
 
 def scratch_root(data_dir: Path, folders: dict[str, str], scratch: Path) -> Path:
@@ -54,7 +54,7 @@ def row_config(base: dict, dataset: str, root: Path, overrides: dict[str, Any]) 
 
 
 def cell(entry: dict | None) -> str:
-    return "n/a" if entry is None else f"{entry['mean']:.4f} ± {entry['std']:.4f}"
+    return "n/a" if entry is None else mean_std(entry)
 
 
 def write_table(path: Path | None, header: str, rows: list[dict], score: str) -> str:

@@ -103,6 +103,8 @@ class TrainConfig:
     #: gradients at the shared representation (``rep``, cheap) or at the shared parameters (``exact``)
     monitor_every: int | None = None
     monitor_mode: str = "rep"
+    #: torch.set_num_threads for the run (None: torch's default); under torchrun it is per process
+    threads: int | None = None
 
 
 @dataclass
@@ -321,6 +323,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("train.grad_clip: must be > 0, or null to disable clipping")
     if train.monitor_every is not None and train.monitor_every < 1:
         raise ConfigError("train.monitor_every: must be >= 1, or null to turn the conflict monitor off")
+    if train.threads is not None and train.threads < 1:
+        raise ConfigError("train.threads: must be >= 1, or null for torch's default")
     if train.patience is not None and train.patience < 1:
         raise ConfigError("train.patience: must be >= 1, or null to disable early stopping")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):

@@ -13,7 +13,7 @@ import torch
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import degree
 
-from graph_mtl.balancers import BALANCERS, Balancer
+from graph_mtl.balancers import BALANCERS, Balancer, GradientBalancer
 from graph_mtl.balancers import create as create_balancer
 from graph_mtl.config import Config, ModelConfig, TrainConfig
 from graph_mtl.data.base import MultiTaskDataset, is_single_graph
@@ -28,6 +28,7 @@ from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS
+from graph_mtl.tasks import MAXIMISED_METRICS
 
 
 def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
@@ -56,10 +57,15 @@ def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
 
 
 def build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
-    """The configured balancer; ``train.grad_mode`` / ``train.update_every`` are passed on when set."""
+    """The configured balancer; ``train.grad_mode`` / ``train.update_every`` are passed on when set. A gradient
+    balancer for fewer than two tasks (it would silently run as equal weighting) is a one-line error."""
     args = dict(cfg.balancer_args)
     if cfg.balancer not in BALANCERS:
         return create_balancer(cfg.balancer, task_names, **args)  # raises the unknown-name error
+    if len(task_names) < 2 and issubclass(BALANCERS[cfg.balancer], GradientBalancer):
+        raise ValueError(f"train.balancer: {cfg.balancer!r} balances the gradients of several tasks, but there is "
+                         f"{len(task_names)} task ({', '.join(task_names)}): with data.task_view: multilabel all label "
+                         "columns are one task; set data.task_view: columns, or train.balancer: ew")
     accepted = inspect.signature(BALANCERS[cfg.balancer].__init__).parameters
     for key in ("grad_mode", "update_every"):
         value = getattr(cfg, key)
@@ -106,6 +112,8 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     (``engine/distributed.py``); rank 0 alone logs and writes files."""
     import yaml
 
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
     device = local_device(resolve_device(config.device))
     sync = init_distributed(device)
     main = sync is None or sync.is_main
@@ -160,6 +168,8 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
         results["collectives"] = sync.summary()
     if main:
         write_json(results, out_dir / "results.json")
+        for split in ("valid", "test"):  # every task's row, whatever the console shows
+            (out_dir / f"per_task_{split}.txt").write_text(results_table(results, split, max_tasks=None) + "\n")
     return results
 
 
@@ -188,7 +198,8 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
 def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """:func:`train` once per seed into ``out_dir/seed<N>``; ``summary.json`` and ``summary.md`` hold the mean and
-    standard deviation over seeds of every test and validation metric (at each run's best validation epoch)."""
+    standard deviation over seeds of every test and validation metric (at each run's best validation epoch),
+    and each seed's best epoch, epochs run, minutes and headline test scores."""
     out_dir = Path(out_dir)
     runs = []
     for seed in seeds:
@@ -197,19 +208,34 @@ def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
     summary = seed_summary(runs, seeds)
     if is_main_process():
         write_json(summary, out_dir / "summary.json")
-        (out_dir / "summary.md").write_text(seed_table(summary) + "\n")
+        (out_dir / "summary.md").write_text(seed_table(summary, max_tasks=None) + "\n")
     return summary
 
 
+#: beyond this many tasks the console shows a summary of the per-task results; full tables go to files
+MANY_TASKS = 20
+#: the key of the unweighted mean over the scored tasks among a split's scores
+TASK_MEAN = "tasks/mean"
+
+
 def _scores(result: dict[str, Any]) -> dict[str, float]:
-    """Every numeric score of one split's result: per-task metrics and the summary (e.g. ``ogb/rocauc``)."""
+    """Every numeric score of one split's result: per-task metrics, their mean (``tasks/mean``) and the summary
+    (e.g. ``ogb/rocauc``)."""
     scores = {k: v for k, v in result["per_task"].items() if v is not None}
+    if result.get("mean") is not None:
+        scores[TASK_MEAN] = result["mean"]
     scores.update({k: v for k, v in result.get("summary", {}).items() if isinstance(v, float)})
     return scores
 
 
+def _headline(result: dict[str, Any]) -> dict[str, float]:
+    """The scores of a split that are not one task's: the task mean and the whole-dataset summary."""
+    return {k: v for k, v in _scores(result).items() if k not in result["per_task"]}
+
+
 def seed_summary(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    """Mean and sample standard deviation (``ddof=1``; 0 for one seed) over runs, per split and score."""
+    """Mean and sample standard deviation (``ddof=1``; ``None`` for one seed) over runs, per split and score, and
+    one record per seed (best epoch, epochs run, minutes, headline test scores)."""
     import numpy as np
 
     summary: dict[str, Any] = {"dataset": runs[0]["dataset"], "seeds": seeds, "tasks": runs[0]["tasks"]}
@@ -218,26 +244,55 @@ def seed_summary(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]
         scores = [_scores(r[split]) for r in runs]
         for key in scores[0]:
             values = np.array([s[key] for s in scores if key in s], dtype=float)
-            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            std = float(values.std(ddof=1)) if len(values) > 1 else None
             table[key] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
         summary[split] = table
+    summary["runs"] = [{"seed": seed, "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
+                        "minutes": r["seconds"] / 60, "test": _headline(r["test"])} for seed, r in zip(seeds, runs)]
     return summary
 
 
-def seed_table(summary: dict[str, Any]) -> str:
-    """Markdown table of ``mean +- std`` per score, valid and test side by side."""
+def seed_table(summary: dict[str, Any], max_tasks: int | None = MANY_TASKS) -> str:
+    """Markdown: one row per seed (best epoch, epochs, minutes, headline test scores), then ``mean ± std`` per score
+    (the mean alone for one seed), valid and test side by side; with more than ``max_tasks`` tasks only the
+    headline scores (the task mean and the whole-dataset summary), the per-task rows being in ``summary.md``."""
+    runs = summary.get("runs", [])
+    heads = list(runs[0]["test"]) if runs else []
     lines = [f"{summary['dataset']}, seeds {summary['seeds']}", "",
-             "| score | valid | test |", "|---|---|---|"]
-    for key, test in summary["test"].items():
+             "| seed | best epoch | epochs | minutes | " + " | ".join(f"test {k}" for k in heads) + " |",
+             "|---|---|---|---|" + "---|" * len(heads)]
+    for run in runs:
+        cells = [f"{run['test'][k]:.4f}" if k in run["test"] else "-" for k in heads]
+        lines.append(f"| {run['seed']} | {run['best_epoch']} | {run['epochs_run']} | {run['minutes']:.1f} | "
+                     + " | ".join(cells) + " |")
+    keys = list(summary["test"])
+    many = max_tasks is not None and len(summary["tasks"]) > max_tasks
+    if many:
+        keys = [k for k in keys if k not in summary["tasks"]]
+    lines += ["", "| score | valid | test |", "|---|---|---|"]
+    for key in keys:
         valid = summary["valid"].get(key)
-        cell = "-" if valid is None else f"{valid['mean']:.4f} ± {valid['std']:.4f}"
-        lines.append(f"| {key} | {cell} | {test['mean']:.4f} ± {test['std']:.4f} |")
+        lines.append(f"| {key} | {'-' if valid is None else mean_std(valid)} | {mean_std(summary['test'][key])} |")
+    if many:
+        lines.append(f"\n{len(summary['tasks'])} tasks: every task's row is in summary.md")
     return "\n".join(lines)
 
 
-def results_table(results: dict[str, Any], split: str = "test") -> str:
-    """A plain-text table: each task's metric on ``split`` next to the trivial baseline's."""
+def mean_std(cell: dict[str, Any]) -> str:
+    """``mean ± std``, or the mean alone when there is no spread to show (one seed)."""
+    return f"{cell['mean']:.4f}" if cell["std"] is None else f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+
+
+def results_table(results: dict[str, Any], split: str = "test", max_tasks: int | None = MANY_TASKS) -> str:
+    """A plain-text table: each task's metric on ``split`` next to the trivial baseline's; with more than
+    ``max_tasks`` tasks, a summary instead (:func:`many_tasks_summary`; ``train`` writes the full table to
+    ``per_task_<split>.txt``)."""
     res = results[split]
+    footer = ""
+    for key, value in res.get("summary", {}).items():
+        footer += f"\n{key}: {value:.4f}" if isinstance(value, float) else f"\n{key}: {value}"
+    if max_tasks is not None and len(results["tasks"]) > max_tasks:
+        return many_tasks_summary(results, split) + footer
     rows = [("task", "level", "kind", "metric", split, "baseline", "beats")]
     for name, spec in results["tasks"].items():
         value, base = res["per_task"].get(name), res["baseline"].get(name)
@@ -251,7 +306,27 @@ def results_table(results: dict[str, Any], split: str = "test") -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     skipped = res.get("skipped") or []
-    footer = f"\nskipped (no metric defined on {split}): {', '.join(skipped)}" if skipped else ""
-    for key, value in res.get("summary", {}).items():
-        footer += f"\n{key}: {value:.4f}" if isinstance(value, float) else f"\n{key}: {value}"
+    if skipped:
+        footer = f"\nskipped (no metric defined on {split}): {', '.join(skipped)}" + footer
     return "\n".join(lines) + footer
+
+
+def many_tasks_summary(results: dict[str, Any], split: str = "test", shown: int = 5) -> str:
+    """The per-task results of a split in a few lines: the mean per metric, the ``shown`` best and worst tasks
+    (by their metric, larger is better for maximised metrics) and how many tasks beat their trivial baseline."""
+    res, tasks = results[split], results["tasks"]
+    scored = {name: v for name, v in res["per_task"].items() if v is not None}
+    means = ", ".join(f"{metric} {value:.4f}" for metric, value in res.get("mean_by_metric", {}).items())
+    beats = sum(1 for name, v in scored.items()
+                if res["baseline"].get(name) is None or better(tasks[name]["metric"], v, res["baseline"][name]))
+    order = sorted(scored, key=lambda n: -scored[n] if tasks[n]["metric"] in MAXIMISED_METRICS else scored[n])
+
+    def listing(names: list[str]) -> str:
+        return ", ".join(f"{name} {scored[name]:.4f}" for name in names)
+
+    lines = [f"{len(tasks)} tasks on {split}: mean {means or '-'} over {len(scored)} scored "
+             f"({len(tasks) - len(scored)} skipped); {beats} of {len(scored)} beat their trivial baseline",
+             f"best {min(shown, len(order))}: {listing(order[:shown])}",
+             f"worst {min(shown, len(order))}: {listing(order[::-1][:shown])}",
+             f"every task's row: per_task_{split}.txt in the run folder"]
+    return "\n".join(lines)

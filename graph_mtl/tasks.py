@@ -227,7 +227,7 @@ def task_losses(tasks: list[Task], preds: dict[str, Tensor], batch,
     groups: dict[tuple[str, str], list[Task]] = {}
     for task in tasks:
         if task.loss in COLUMN_LOSSES and task.columns is not None and len(task.columns) == 1:
-            groups.setdefault((task.target, task.level), []).append(task)
+            groups.setdefault((task.target, task.level, task.loss), []).append(task)
             continue
         y, mask = loss_targets(task, batch, scalers)
         loss = masked_loss(task, preds[task.name], y, mask)
@@ -244,12 +244,13 @@ COLUMN_LOSSES: tuple[str, ...] = ("bce", "mse", "l1", "smooth_l1")
 
 def column_losses(tasks: list[Task], preds: dict[str, Tensor], batch,
                   scalers: Scalers | None = None) -> dict[str, Tensor]:
-    r"""The mean-per-task losses of one-column tasks on the same target and level, computed column-wise.
+    r"""The mean-per-task losses of one-column tasks with one target, level and loss, computed column-wise.
 
     With ``Y [n, T]`` the tasks' columns, ``M`` their labelled mask and ``c_t = sum_i M_it``, task ``t``'s loss is
     ``L_t = sum_i l(p_it, Y_it) M_it / c_t``, the mean over its labelled entries (:func:`masked_loss`), or absent
     when ``c_t = 0``. ``Y``, ``M`` and ``M / c`` are built once for all tasks; one host sync reads which ``c_t``
-    are positive.
+    are positive. Without gradients (evaluation) the losses are one ``[n, T]`` operation; with gradients each
+    task's loss is its own operation on its own prediction, so that its backward visits its own head only.
     """
     first = tasks[0]
     y = first.target_matrix(batch)[:, [task.columns[0] for task in tasks]]
@@ -266,25 +267,31 @@ def column_losses(tasks: list[Task], preds: dict[str, Tensor], batch,
     present = (counts > 0).tolist()  # the one host sync
     target = torch.where(mask, y, torch.zeros_like(y))
     weight = mask / counts.clamp(min=1)
-    losses: dict[str, Tensor] = {}
-    for i, task in enumerate(tasks):
-        if present[i]:
-            losses[task.name] = _weighted_loss(task.loss, preds[task.name].float(), target[:, i:i + 1],
-                                               weight[:, i:i + 1])
-    return losses
+    loss = first.loss
+    if not any(preds[task.name].requires_grad for task in tasks):
+        values = _weighted_loss(loss, torch.cat([preds[task.name].float() for task in tasks], dim=1), target, weight,
+                                dim=0)
+        return {task.name: values[i] for i, task in enumerate(tasks) if present[i]}
+    return {task.name: _weighted_loss(loss, preds[task.name].float(), target[:, i:i + 1], weight[:, i:i + 1])
+            for i, task in enumerate(tasks) if present[i]}
 
 
-def _weighted_loss(loss: str, pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """``sum(l(pred, target) * weight)`` for an element-wise loss ``l`` (one fused op for ``bce``)."""
-    if loss == "bce":
+def _weighted_loss(loss: str, pred: Tensor, target: Tensor, weight: Tensor, dim: int | None = None) -> Tensor:
+    """``sum_i l(pred_i, target_i) weight_i`` for an element-wise loss ``l``: a scalar, or per column with
+    ``dim=0`` (one fused operation for ``bce`` as a scalar)."""
+    if loss == "bce" and dim is None:
         return F.binary_cross_entropy_with_logits(pred, target, weight=weight, reduction="sum")
+    if loss == "bce":
+        elementwise = F.binary_cross_entropy_with_logits(pred, target, weight=weight, reduction="none")
+        return elementwise.sum(dim=0)
     if loss == "mse":
         elementwise = F.mse_loss(pred, target, reduction="none")
     elif loss == "l1":
         elementwise = F.l1_loss(pred, target, reduction="none")
     else:
         elementwise = F.smooth_l1_loss(pred, target, reduction="none")
-    return (elementwise * weight).sum()
+    weighted = elementwise * weight
+    return weighted.sum() if dim is None else weighted.sum(dim=dim)
 
 
 def loss_targets(task: Task, batch, scalers: Scalers | None = None) -> tuple[Tensor, Tensor]:

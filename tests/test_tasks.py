@@ -122,6 +122,10 @@ def test_column_losses_equal_the_per_task_masked_loss(level):
         if expected is None:
             continue
         assert losses[task.name].item() == pytest.approx(expected.item(), rel=1e-5)
+    with torch.no_grad():  # evaluation: one [n, T] pass, the same values
+        plain = task_losses(tasks, {k: v.detach() for k, v in preds.items()}, batch, scalers)
+    assert list(plain) == list(losses)
+    assert all(plain[k].item() == pytest.approx(losses[k].item(), rel=1e-5) for k in losses)
     grads = torch.autograd.grad(losses["c0"], list(preds.values()), allow_unused=True)
     assert [g is not None for g in grads] == [t.name == "c0" for t in tasks]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
@@ -386,8 +387,11 @@ class Trainer:
         if improved:
             atomic_save(state, self.out_dir / "best.pt")
         keys = list(self.history[0])
-        lines = [",".join(keys)] + [",".join(_fmt(row.get(k)) for k in keys) for row in self.history]
-        atomic_write_text("\n".join(lines) + "\n", self.out_dir / "metrics.csv")
+        text = io.StringIO()  # csv quoting: a task name may hold a comma or a quote
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(keys)
+        writer.writerows([_fmt(row.get(k)) for k in keys] for row in self.history)
+        atomic_write_text(text.getvalue(), self.out_dir / "metrics.csv")
 
     def _write_steps(self, rows: list, names: list[str]) -> None:
         """Append every step's task losses and balancer weights to ``steps.csv``."""
