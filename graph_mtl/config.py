@@ -148,6 +148,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config: {str(path)!r} is a folder; give the path of a YAML config file")
         if not path.is_file():
             raise ConfigError(f"--config: file {str(path)!r} does not exist; give the path of a YAML config")
         try:

@@ -21,10 +21,11 @@ from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
 from graph_mtl.data.partition import partition_loaders
 from graph_mtl.data.registry import load_dataset, summary_for
 from graph_mtl.data.sharding import per_process_batch, shard_node_dataset, sharded_graph_loaders
-from graph_mtl.engine.checkpoint import seed_everything
+from graph_mtl.engine.checkpoint import atomic_write_text, seed_everything
 from graph_mtl.engine.distributed import GradientSync, init_distributed, is_main_process, local_device
 from graph_mtl.engine.metrics import better
 from graph_mtl.engine.monitor import ConflictMonitor
+from graph_mtl.engine.run_folder import RunFolder, check_out_dir
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS
@@ -96,16 +97,19 @@ def build_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, num_wor
 
 
 def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
     """Run a whole training from ``config``: writes ``config.yaml``, ``metrics.csv``, ``steps.csv``,
     ``best.pt``, ``last.pt`` and ``results.json`` (and ``conflicts.jsonl`` with ``train.monitor_every``) into
     ``out_dir`` and returns the results.
 
+    Nothing is written before the dataset, the model, the balancer, the monitor key and the ``resume`` checkpoint
+    have been checked; a folder that already holds files is refused unless ``resume`` continues its run or
+    ``overwrite`` replaces it, and it is locked against a second run while this one lasts
+    (``engine/run_folder.py``). On resume the logs are cut back to the checkpoint's step.
+
     Under ``torchrun`` (or in a process group the caller initialised) every process runs this with the same
     config: each trains on its shard of every batch with the global batch's losses and gradients
     (``engine/distributed.py``); rank 0 alone logs and writes files."""
-    import yaml
-
     device = local_device(resolve_device(config.device))
     sync = init_distributed(device)
     main = sync is None or sync.is_main
@@ -113,8 +117,7 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
         log = _silent
     out_dir = Path(out_dir)
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        check_out_dir(out_dir, resume is not None, overwrite)
     seed_everything(config.seed)
     started = time.perf_counter()
     dataset = load_dataset(config.data)
@@ -140,27 +143,47 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
                                   append=resume is not None)
     trainer = Trainer(model, balancer, config.train, train_graphs, out_dir=out_dir, device=device,
                       seed=config.seed, log=log, summary=summary_for(dataset), monitor=monitor, sync=sync)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
-    trainer.fit(loaders["train"], loaders["valid"], resume=resume)
-    evaluated = trainer.test({"valid": loaders["valid"], "test": loaders["test"]})
-    results = {
-        "dataset": dataset.name,
-        "best_epoch": trainer.best_epoch,
-        "epochs_run": trainer.epoch,
-        "monitor": config.train.monitor,
-        "seconds": time.perf_counter() - started,
-        "tasks": {t.name: {"level": t.level, "kind": t.kind, "metric": t.metric} for t in dataset.tasks},
-        **{split: {k: v for k, v in res.items()} for split, res in evaluated.items()},
-    }
-    if monitor is not None:
-        monitor.close()
-        results["conflicts"] = monitor.summary()
-    if sync is not None:
-        results["collectives"] = sync.summary()
-    if main:
-        write_json(results, out_dir / "results.json")
+    if resume is not None:
+        trainer.load(resume)
+    with RunFolder(out_dir, enabled=main) as folder:  # everything checked: from here on the folder is written
+        _prepare_folder(folder, config, trainer, resume is not None, overwrite)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
+        if resume is not None:
+            log(f"resumed from {resume} at epoch {trainer.epoch}")
+        trainer.fit(loaders["train"], loaders["valid"])
+        evaluated = trainer.test({"valid": loaders["valid"], "test": loaders["test"]})
+        results = {
+            "dataset": dataset.name,
+            "best_epoch": trainer.best_epoch,
+            "epochs_run": trainer.epoch,
+            "monitor": config.train.monitor,
+            "seconds": time.perf_counter() - started,
+            "tasks": {t.name: {"level": t.level, "kind": t.kind, "metric": t.metric} for t in dataset.tasks},
+            **{split: {k: v for k, v in res.items()} for split, res in evaluated.items()},
+        }
+        if monitor is not None:
+            monitor.close()
+            results["conflicts"] = monitor.summary()
+        if sync is not None:
+            results["collectives"] = sync.summary()
+        if main:
+            write_json(results, out_dir / "results.json")
     return results
+
+
+def _prepare_folder(folder: RunFolder, config: Config, trainer: Trainer, resumed: bool, overwrite: bool) -> None:
+    """The locked run folder made ready: a replaced run's files removed, a resumed run's logs cut back to its
+    checkpoint, ``config.yaml`` written."""
+    import yaml
+
+    if not folder.enabled:
+        return
+    if overwrite:
+        folder.clear()
+    if resumed:
+        folder.cut_logs(trainer.step, trainer.epoch)
+    atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), folder.out_dir / "config.yaml")
 
 
 def _silent(message: str) -> None:
@@ -186,18 +209,22 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
 
 
 def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
     """:func:`train` once per seed into ``out_dir/seed<N>``; ``summary.json`` and ``summary.md`` hold the mean and
-    standard deviation over seeds of every test and validation metric (at each run's best validation epoch)."""
+    standard deviation over seeds of every test and validation metric (at each run's best validation epoch).
+    ``out_dir`` must be empty or new, unless ``overwrite`` (which replaces each seed's run)."""
     out_dir = Path(out_dir)
+    if is_main_process():
+        check_out_dir(out_dir, overwrite=overwrite)
     runs = []
     for seed in seeds:
         log(f"--- seed {seed} ---")
-        runs.append(train(dataclasses.replace(config, seed=seed), out_dir / f"seed{seed}", log=log))
+        runs.append(train(dataclasses.replace(config, seed=seed), out_dir / f"seed{seed}", log=log,
+                          overwrite=overwrite))
     summary = seed_summary(runs, seeds)
     if is_main_process():
         write_json(summary, out_dir / "summary.json")
-        (out_dir / "summary.md").write_text(seed_table(summary) + "\n")
+        atomic_write_text(seed_table(summary) + "\n", out_dir / "summary.md")
     return summary
 
 
