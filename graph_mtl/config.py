@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,9 +138,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.sampler": ("auto", "pyg", "builtin"),
     "data.partition": ("random", "metis"),
 }
+#: keys that must be >= 1 when set (``null`` is allowed where the type allows it)
 POSITIVE: tuple[str, ...] = (
     "data.batch_size", "data.parts_per_batch", "model.hidden", "model.num_layers", "model.heads", "model.head_layers",
-    "train.epochs",
+    "train.epochs", "data.limit", "model.head_hidden", "train.max_steps_per_epoch", "train.update_every",
+)
+#: keys that must be >= 0
+NON_NEGATIVE: tuple[str, ...] = (
+    "seed", "data.split_seed", "data.num_workers", "train.weight_decay", "train.warmup_epochs",
 )
 
 
@@ -297,16 +303,49 @@ def _name(hint: Any) -> str:
     return str(hint).replace("typing.", "")
 
 
+def _value(config: Config, key: str) -> Any:
+    """The value of a dotted key such as ``train.lr``."""
+    node: Any = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _float_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every key whose type is (or may be) a float."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += _float_keys(hint, f"{prefix}{f.name}.")
+        elif hint is float or float in typing.get_args(hint):
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _nullable(key: str) -> bool:
+    """Whether ``key`` accepts ``null``."""
+    return _value(Config(), key) is None
+
+
 def _validate(config: Config) -> None:
     for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = _value(config, key)
         if value not in choices:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)}")
+    for key in _float_keys():
+        value = _value(config, key)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
     for key in POSITIVE:
-        section, name = key.split(".")
-        if getattr(getattr(config, section), name) < 1:
-            raise ConfigError(f"{key}: must be >= 1")
+        value = _value(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}" + ("; or null (the default)"
+                                                                      if _nullable(key) else ""))
+    for key in NON_NEGATIVE:
+        value = _value(config, key)
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
     data = config.data
     if data.num_parts < 2:
         raise ConfigError(f"data.num_parts: must be >= 2, got {data.num_parts}; for one batch of the whole graph "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,32 @@ from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS
 
+#: how the library's errors name what they are about (the arguments of its classes) -> the config keys a user sets
+CONFIG_KEYS: dict[str, str] = {"encoder.": "model.", "balancer_args": "train.balancer_args",
+                               "balancer:": "train.balancer:"}
+
+
+@contextmanager
+def config_key_errors() -> Iterator[None]:
+    """Re-raise a ``ValueError`` that names a class argument (``encoder.conv``, ``balancer_args.c``) as the config
+    key the user sets (``model.conv``, ``train.balancer_args.c``)."""
+    try:
+        yield
+    except ValueError as error:
+        text = str(error)
+        for internal, key in CONFIG_KEYS.items():
+            if text.startswith(internal):
+                raise ValueError(key + text[len(internal):]) from None
+        raise
+
 
 def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
     """The encoder and heads for ``dataset``: OGB atom/bond encoders for OGB features, linear maps otherwise."""
+    with config_key_errors():
+        return _build_model(cfg, dataset)
+
+
+def _build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
     ogb = dataset.node_features == "ogb"
     edge_channels = dataset.num_edge_features
     if cfg.conv == "auto":
@@ -58,6 +82,11 @@ def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
 
 def build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
     """The configured balancer; ``train.grad_mode`` / ``train.update_every`` are passed on when set."""
+    with config_key_errors():
+        return _build_balancer(cfg, task_names)
+
+
+def _build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
     args = dict(cfg.balancer_args)
     if cfg.balancer not in BALANCERS:
         return create_balancer(cfg.balancer, task_names, **args)  # raises the unknown-name error
@@ -67,7 +96,7 @@ def build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
         if value is None:
             continue
         if key in args and args[key] != value:
-            raise ValueError(f"train.{key}: {value!r} contradicts balancer_args.{key}={args[key]!r}; keep one")
+            raise ValueError(f"train.{key}: {value!r} contradicts train.balancer_args.{key}={args[key]!r}; keep one")
         if key not in accepted:
             raise ValueError(f"train.{key}: balancer {cfg.balancer!r} has no {key} (only gradient methods do)")
         args[key] = value

@@ -32,7 +32,7 @@ from graph_mtl.engine.distributed import GradientSync, gather_predictions, shard
 from graph_mtl.engine.metrics import baseline_predictions, evaluate_tasks
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.models.multitask import MultiTaskGNN
-from graph_mtl.tasks import Scalers, Task, collect_labels, fit_scalers, task_losses
+from graph_mtl.tasks import Scalers, Task, check_labels, collect_labels, fit_scalers, task_losses
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -124,6 +124,7 @@ class Trainer:
         self.optimizer = build_optimizer(model.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         labels = collect_labels(self.tasks, train_graphs)
+        check_labels(self.tasks, labels)
         self.scalers: Scalers = fit_scalers(self.tasks, labels) if cfg.standardize_targets else {}
         self.train_labels = {name: y.numpy() for name, y in labels.items()}
         self.epoch = 0
