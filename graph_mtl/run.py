@@ -211,7 +211,8 @@ def _prepare_folder(folder: RunFolder, config: Config, trainer: Trainer, resumed
     if overwrite:
         folder.clear()
     if resumed:
-        folder.cut_logs(trainer.step, trainer.epoch)
+        folder.cut_logs(trainer.step)
+        trainer.write_metrics()
     atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), folder.out_dir / "config.yaml")
 
 

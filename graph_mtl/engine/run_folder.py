@@ -89,13 +89,13 @@ class RunFolder:
             if path.name in RUN_FILES or (path.name.startswith("seed") and path.name[4:].isdigit()):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
-    def cut_logs(self, step: int, epoch: int) -> None:
-        """Cut ``steps.csv`` and ``conflicts.jsonl`` back to ``step`` and ``metrics.csv`` back to ``epoch`` (those of
-        the checkpoint a run resumes from): rows written after it, or half-written by a killed run, go."""
+    def cut_logs(self, step: int) -> None:
+        """Cut ``steps.csv`` and ``conflicts.jsonl`` back to ``step`` (that of the checkpoint a run resumes from):
+        rows written after it, or half-written by a killed run, go. (``metrics.csv`` is rewritten whole from the
+        checkpoint's history.)"""
         if not self.enabled:
             return
         _cut_csv(self.out_dir / "steps.csv", "step", step)
-        _cut_csv(self.out_dir / "metrics.csv", "epoch", epoch)
         _cut_jsonl(self.out_dir / "conflicts.jsonl", step)
 
 

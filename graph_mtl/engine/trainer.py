@@ -396,6 +396,13 @@ class Trainer:
             # run redoes this epoch and writes both again (never a last.pt whose best epoch best.pt does not hold)
             atomic_save(state, self.out_dir / "best.pt")
         atomic_save(state, self.out_dir / "last.pt")
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        """Write ``metrics.csv``, one row per epoch of :attr:`history` (a resumed run rewrites it from its
+        checkpoint's history, whatever a killed run left)."""
+        if not self.writes or not self.history:
+            return
         keys = list(self.history[0])
         lines = [",".join(keys)] + [",".join(_fmt(row.get(k)) for k in keys) for row in self.history]
         atomic_write_text("\n".join(lines) + "\n", self.out_dir / "metrics.csv")
