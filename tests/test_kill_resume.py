@@ -129,8 +129,9 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in reference.iterdir())
     assert (run / "steps.csv").read_text() == (reference / "steps.csv").read_text()
     assert _table(run / "metrics.csv") == _table(reference / "metrics.csv")
-    lines = [(run / "conflicts.jsonl").read_text().splitlines(), (reference / "conflicts.jsonl").read_text().splitlines()]
-    assert [_without_seconds(json.loads(x)) for x in lines[0]] == [_without_seconds(json.loads(x)) for x in lines[1]]
+    got, want = ([_without_seconds(json.loads(x)) for x in (r / "conflicts.jsonl").read_text().splitlines()]
+                 for r in (run, reference))
+    assert got == want
     assert _without_seconds(json.loads((run / "results.json").read_text())) == \
         _without_seconds(json.loads((reference / "results.json").read_text()))
     for name in ("best.pt", "last.pt"):
