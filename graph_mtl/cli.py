@@ -15,8 +15,15 @@ USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, PermissionE
                IsADirectoryError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its mistakes on one line, like every other error of the command."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graph-mtl", description="Multi-task learning on graphs.")
+    parser = _Parser(prog="graph-mtl", description="Multi-task learning on graphs.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a multi-task model (default: the embedded molecule dataset)")
@@ -49,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a mistake in the flags (2, already printed)
+        return done.code if isinstance(done.code, int) else 0
     try:
         if args.command == "list":
             return _list()
