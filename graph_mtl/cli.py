@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import sys
+import warnings
 from pathlib import Path
 
 from graph_mtl.config import ConfigError, load_config
@@ -61,19 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help (0) or a mistake in the flags (2, already printed)
         return done.code if isinstance(done.code, int) else 0
     try:
-        if args.command == "list":
-            return _list()
-        if args.command == "report":
-            return _report(args)
-        if args.command == "affinity":
-            return _affinity(args)
-        return _train(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.command == "list":
+                return _list()
+            if args.command == "report":
+                return _report(args)
+            if args.command == "affinity":
+                return _affinity(args)
+            return _train(args)
     except USER_ERRORS as error:
         if args.debug:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"graph-mtl: error: {message}", file=sys.stderr)
         return 2
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file=None, line: str | None = None) -> None:
+    """A warning as one line, without the source line Python's default format echoes."""
+    print(f"graph-mtl: warning: {message}", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
