@@ -23,15 +23,17 @@ class TwoHeadGIN(nn.Module):
         return {"logp": self.logp(global_mean_pool(h, data.batch)), "gasteiger": self.charge(h)}
 
 
-def main(steps: int = 200, limit: int | None = None, cache_dir=None) -> list[float]:
+def main(steps: int = 200, limit: int | None = None, cache_dir=None, seed: int = 0) -> list[float]:
+    torch.manual_seed(seed)  # the weights, and below the batches: the printed figures reproduce
     dataset = load_embedded(cache_dir=cache_dir, limit=limit)
     tasks = [t for t in dataset.tasks if t.name in ("logp", "gasteiger")]
     model = TwoHeadGIN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    balancer = create("pcgrad", [t.name for t in tasks], grad_mode="exact", seed=0)
+    balancer = create("pcgrad", [t.name for t in tasks], grad_mode="exact", seed=seed)
     shared = [p for name, p in model.named_parameters() if name.startswith(("embed", "convs"))]
     history = []
-    loader = DataLoader(dataset.splits["train"], batch_size=64, shuffle=True)
+    loader = DataLoader(dataset.splits["train"], batch_size=64, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
     while len(history) < steps:
         for batch in loader:
             optimizer.zero_grad()

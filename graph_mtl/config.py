@@ -27,7 +27,10 @@ class DataConfig:
 
     name: str = "embedded"
     root: str | None = None
-    limit: int | None = None  # quick runs: the first N molecules (embedded, csv) or N graphs per split (OGB)
+    #: quick runs, one meaning per kind of dataset: the first N molecules in all, before the split (embedded, csv);
+    #: the first N graphs (ogbg-mol*, ppi) or nodes (ogbn-proteins) of each split; N nodes (sbm); refused by
+    #: Planetoid (cora, citeseer, pubmed: one graph on a fixed split)
+    limit: int | None = None
     tasks: list[str] | None = None
     batch_size: int = 64
     num_workers: int = 0
