@@ -157,7 +157,13 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     if empty:
         raise ValueError(f"data: the {'/'.join(empty)} split of {dataset.name} is empty or its node mask selects "
                          f"no node (splits {sizes}); raise data.limit or use a larger dataset")
-    log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} ({time.perf_counter() - started:.1f}s)")
+    unit = "graphs"
+    if is_single_graph(dataset):  # one graph: the split is its node mask
+        unit = "nodes"
+        sizes = {k: sum(int(g.node_mask.sum()) if getattr(g, "node_mask", None) is not None else g.num_nodes
+                        for g in v) for k, v in dataset.splits.items()}
+    log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} {unit} "
+        f"({time.perf_counter() - started:.1f}s)")
     model = build_model(config.model, dataset)
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     train_graphs = dataset.splits["train"]

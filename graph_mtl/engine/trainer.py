@@ -170,6 +170,9 @@ class Trainer:
             self._write_epoch(record, improved)
             mark = "  *best" if improved else ""
             extra = "".join(f"valid {k} {v:.4f}  " for k, v in valid["summary"].items() if isinstance(v, float))
+            if self.cfg.monitor not in ("gain", "loss"):  # the value "*best" refers to
+                value = valid["per_task"][self.cfg.monitor]
+                extra += f"valid {self.cfg.monitor} {'-' if value is None else f'{value:.4f}'}  "
             self.log(f"epoch {self.epoch:3d}/{self.cfg.epochs}  train loss {train_stats['train_loss']:.4f}  "
                      f"valid loss {valid['loss']:.4f}  valid gain {valid['gain']:+.3f}  {extra}"
                      f"{record['seconds']:.1f}s{mark}")
