@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import io
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,7 +151,8 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
         check_out_dir(out_dir, resume is not None, overwrite)
     seed_everything(config.seed)
     started = time.perf_counter()
-    dataset = load_dataset(config.data)
+    with contextlib.redirect_stdout(io.StringIO()):  # PyG's and OGB's "Processing... Done!" lines: not ours
+        dataset = load_dataset(config.data)
     sizes = {k: len(v) for k, v in dataset.splits.items()}
     empty = [k for k, n in sizes.items() if n == 0
              or all(getattr(g, "node_mask", None) is not None and not bool(g.node_mask.any())
