@@ -171,6 +171,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--config: {path} is not valid YAML{where}; fix its syntax") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"--config: {path} must hold a mapping of sections (seed, data, model, train)")
+        if {"base", "rows"} <= set(raw):
+            raise ConfigError(f"--config: {path} is a benchmark plan (base, rows), not a run config; run it with "
+                              "its script in benchmarks/ (see benchmarks/README.md), or copy its base: section")
     for item in overrides or []:
         apply_override(raw, item)
     return from_dict(raw)

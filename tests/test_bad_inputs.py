@@ -68,7 +68,8 @@ def files(tmp_path_factory) -> Path:
     configs = {
         "syntax.yaml": "train:\n  lr: [1\n", "list.yaml": "- 1\n- 2\n", "scalar.yaml": "3\n",
         "section_list.yaml": "train: [1, 2]\n", "unknown_section.yaml": "optim:\n  lr: 1\n",
-        "nested_type.yaml": "model:\n  pool: [mean]\n", "bad_value.yaml": "train:\n  lr: -1\n",
+        "nested_type.yaml": "model:\n  pool: [mean]\n",
+        "plan.yaml": "base:\n  data: {batch_size: 1}\nrows: []\n", "bad_value.yaml": "train:\n  lr: -1\n",
     }
     for name, text in configs.items():
         (root / name).write_text(text)
@@ -166,6 +167,7 @@ CONFIG_CASES = [
     ("config_unknown_section", ["--config", "{root}/unknown_section.yaml"], "optim"),
     ("config_nested_type", ["--config", "{root}/nested_type.yaml"], "model.pool"),
     ("config_bad_value", ["--config", "{root}/bad_value.yaml"], "train.lr"),
+    ("config_is_a_benchmark_plan", ["--config", "{root}/plan.yaml"], "benchmark plan"),
 ]
 FLAG_CASES = [
     ("unknown_flag", ["--nope"], "--nope"),
