@@ -6,15 +6,25 @@ from __future__ import annotations
 import argparse
 import builtins
 import sys
+import warnings
 from pathlib import Path
 
 from graph_mtl.config import ConfigError, load_config
 
-USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError)
+#: mistakes of the user, answered with one line and exit code 2 (``--debug`` shows the traceback)
+USER_ERRORS = (ConfigError, ValueError, KeyError, FileNotFoundError, PermissionError, NotADirectoryError,
+               IsADirectoryError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its mistakes on one line, like every other error of the command."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graph-mtl", description="Multi-task learning on graphs.")
+    parser = _Parser(prog="graph-mtl", description="Multi-task learning on graphs.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a multi-task model (default: the embedded molecule dataset)")
@@ -26,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="resume from a checkpoint (default: OUT/last.pt)")
     train.add_argument("--seeds", default=None, metavar="S1,S2,...",
                        help="train once per seed into OUT/seed<N> and report mean ± std (e.g. --seeds 0,1,2)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in OUT (without it, a folder that holds files is refused)")
     train.add_argument("--quiet", action="store_true", help="no progress bar (same as --set train.progress=false)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     report = sub.add_parser("report", help="plots and a Markdown report (RUN_DIR/report/report.md) of a run")
@@ -45,21 +57,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        if args.command == "list":
-            return _list()
-        if args.command == "report":
-            return _report(args)
-        if args.command == "affinity":
-            return _affinity(args)
-        return _train(args)
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a mistake in the flags (2, already printed)
+        return done.code if isinstance(done.code, int) else 0
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.command == "list":
+                return _list()
+            if args.command == "report":
+                return _report(args)
+            if args.command == "affinity":
+                return _affinity(args)
+            return _train(args)
     except USER_ERRORS as error:
         if args.debug:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"graph-mtl: error: {message}", file=sys.stderr)
         return 2
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file=None, line: str | None = None) -> None:
+    """A warning as one line, without the source line Python's default format echoes."""
+    print(f"graph-mtl: warning: {message}", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -72,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.resume is not None:
             raise ValueError("--resume: resume one seed's run with --out OUT/seed<N> instead of --seeds")
         seeds = _parse_seeds(args.seeds)
-        summary = train_seeds(config, seeds, out)
+        summary = train_seeds(config, seeds, out, overwrite=args.overwrite)
         show()
         show(seed_table(summary))
         show(f"\nper-seed runs in {out}/seed<N>; summary in {out}/summary.json and {out}/summary.md")
@@ -80,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
     resume = None
     if args.resume is not None:
         resume = Path(args.resume) if args.resume else out / "last.pt"
-    results = train(config, out, resume=resume)
+    results = train(config, out, resume=resume, overwrite=args.overwrite)
     show()
     show(results_table(results, "test"))
     show(f"\nbest epoch {results['best_epoch']} of {results['epochs_run']}; "
@@ -121,13 +144,11 @@ def _affinity(args: argparse.Namespace) -> int:
 
 
 def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds: expected comma-separated integers like 0,1,2, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds: expected distinct comma-separated integers like 0,1,2, got {text!r}")
-    return seeds
+    """``--seeds 0,1,2``: distinct integers >= 0, comma-separated, none empty."""
+    items = [s.strip() for s in text.split(",")]
+    if not all(s.isascii() and s.isdigit() for s in items) or len(set(map(int, items))) != len(items):
+        raise ValueError(f"--seeds: expected distinct comma-separated integers >= 0 like 0,1,2, got {text!r}")
+    return [int(s) for s in items]
 
 
 def _list() -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ class DataConfig:
 
     name: str = "embedded"
     root: str | None = None
-    limit: int | None = None  # quick runs: the first N molecules (embedded, csv) or N graphs per split (OGB)
+    #: quick runs, one meaning per kind of dataset: the first N molecules in all, before the split (embedded, csv);
+    #: the first N graphs (ogbg-mol*, ppi) or nodes (ogbn-proteins) of each split; N nodes (sbm); refused by
+    #: Planetoid (cora, citeseer, pubmed: one graph on a fixed split)
+    limit: int | None = None
     tasks: list[str] | None = None
     batch_size: int = 64
     num_workers: int = 0
@@ -139,9 +143,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.sampler": ("auto", "pyg", "builtin"),
     "data.partition": ("random", "metis"),
 }
+#: keys that must be >= 1 when set (``null`` is allowed where the type allows it)
 POSITIVE: tuple[str, ...] = (
     "data.batch_size", "data.parts_per_batch", "model.hidden", "model.num_layers", "model.heads", "model.head_layers",
-    "train.epochs",
+    "train.epochs", "data.limit", "model.head_hidden", "train.max_steps_per_epoch", "train.update_every",
+)
+#: keys that must be >= 0
+NON_NEGATIVE: tuple[str, ...] = (
+    "seed", "data.split_seed", "data.num_workers", "train.weight_decay", "train.warmup_epochs",
 )
 
 
@@ -150,16 +159,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config: {str(path)!r} is a folder; give the path of a YAML config file")
         if not path.is_file():
             raise ConfigError(f"--config: file {str(path)!r} does not exist; give the path of a YAML config")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config: {path} is not UTF-8 text; save it as UTF-8 YAML") from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"--config: {path} is not valid YAML{where}; fix its syntax") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"--config: {path} must hold a mapping of sections (seed, data, model, train)")
+        if {"base", "rows"} <= set(raw):
+            raise ConfigError(f"--config: {path} is a benchmark plan (base, rows), not a run config; run it with "
+                              "its script in benchmarks/ (see benchmarks/README.md), or copy its base: section")
     for item in overrides or []:
         apply_override(raw, item)
     return from_dict(raw)
@@ -297,16 +313,49 @@ def _name(hint: Any) -> str:
     return str(hint).replace("typing.", "")
 
 
+def _value(config: Config, key: str) -> Any:
+    """The value of a dotted key such as ``train.lr``."""
+    node: Any = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _float_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every key whose type is (or may be) a float."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += _float_keys(hint, f"{prefix}{f.name}.")
+        elif hint is float or float in typing.get_args(hint):
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _nullable(key: str) -> bool:
+    """Whether ``key`` accepts ``null``."""
+    return _value(Config(), key) is None
+
+
 def _validate(config: Config) -> None:
     for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = _value(config, key)
         if value not in choices:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)}")
+    for key in _float_keys():
+        value = _value(config, key)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
     for key in POSITIVE:
-        section, name = key.split(".")
-        if getattr(getattr(config, section), name) < 1:
-            raise ConfigError(f"{key}: must be >= 1")
+        value = _value(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}" + ("; or null (the default)"
+                                                                      if _nullable(key) else ""))
+    for key in NON_NEGATIVE:
+        value = _value(config, key)
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
     data = config.data
     if data.num_parts < 2:
         raise ConfigError(f"data.num_parts: must be >= 2, got {data.num_parts}; for one batch of the whole graph "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +24,42 @@ from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
 from graph_mtl.data.partition import partition_loaders
 from graph_mtl.data.registry import load_dataset, summary_for
 from graph_mtl.data.sharding import per_process_batch, shard_node_dataset, sharded_graph_loaders
-from graph_mtl.engine.checkpoint import seed_everything
+from graph_mtl.engine.checkpoint import atomic_write_text, seed_everything
 from graph_mtl.engine.distributed import GradientSync, init_distributed, is_main_process, local_device
 from graph_mtl.engine.metrics import better
 from graph_mtl.engine.monitor import ConflictMonitor
+from graph_mtl.engine.run_folder import RunFolder, check_out_dir
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS
 from graph_mtl.tasks import MAXIMISED_METRICS
 
+#: how the library's errors name what they are about (the arguments of its classes) -> the config keys a user sets
+CONFIG_KEYS: dict[str, str] = {"encoder.": "model.", "balancer_args": "train.balancer_args",
+                               "balancer:": "train.balancer:"}
+
+
+@contextmanager
+def config_key_errors() -> Iterator[None]:
+    """Re-raise a ``ValueError`` that names a class argument (``encoder.conv``, ``balancer_args.c``) as the config
+    key the user sets (``model.conv``, ``train.balancer_args.c``)."""
+    try:
+        yield
+    except ValueError as error:
+        text = str(error)
+        for internal, key in CONFIG_KEYS.items():
+            if text.startswith(internal):
+                raise ValueError(key + text[len(internal):]) from None
+        raise
+
 
 def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
     """The encoder and heads for ``dataset``: OGB atom/bond encoders for OGB features, linear maps otherwise."""
+    with config_key_errors():
+        return _build_model(cfg, dataset)
+
+
+def _build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
     ogb = dataset.node_features == "ogb"
     edge_channels = dataset.num_edge_features
     if cfg.conv == "auto":
@@ -59,6 +86,11 @@ def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
 def build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
     """The configured balancer; ``train.grad_mode`` / ``train.update_every`` are passed on when set. A gradient
     balancer for fewer than two tasks (it would silently run as equal weighting) is a one-line error."""
+    with config_key_errors():
+        return _build_balancer(cfg, task_names)
+
+
+def _build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
     args = dict(cfg.balancer_args)
     if cfg.balancer not in BALANCERS:
         return create_balancer(cfg.balancer, task_names, **args)  # raises the unknown-name error
@@ -72,7 +104,7 @@ def build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
         if value is None:
             continue
         if key in args and args[key] != value:
-            raise ValueError(f"train.{key}: {value!r} contradicts balancer_args.{key}={args[key]!r}; keep one")
+            raise ValueError(f"train.{key}: {value!r} contradicts train.balancer_args.{key}={args[key]!r}; keep one")
         if key not in accepted:
             raise ValueError(f"train.{key}: balancer {cfg.balancer!r} has no {key} (only gradient methods do)")
         args[key] = value
@@ -102,10 +134,15 @@ def build_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, num_wor
 
 
 def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
     """Run a whole training from ``config``: writes ``config.yaml``, ``metrics.csv``, ``steps.csv``,
     ``best.pt``, ``last.pt`` and ``results.json`` (and ``conflicts.jsonl`` with ``train.monitor_every``) into
     ``out_dir`` and returns the results.
+
+    Nothing is written before the dataset, the model, the balancer, the monitor key and the ``resume`` checkpoint
+    have been checked; a folder that already holds files is refused unless ``resume`` continues its run or
+    ``overwrite`` replaces it, and it is locked against a second run while this one lasts
+    (``engine/run_folder.py``). On resume the logs are cut back to the checkpoint's step.
 
     Under ``torchrun`` (or in a process group the caller initialised) every process runs this with the same
     config: each trains on its shard of every batch with the global batch's losses and gradients
@@ -121,11 +158,11 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
         log = _silent
     out_dir = Path(out_dir)
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        check_out_dir(out_dir, resume is not None, overwrite)
     seed_everything(config.seed)
     started = time.perf_counter()
-    dataset = load_dataset(config.data)
+    with contextlib.redirect_stdout(io.StringIO()):  # PyG's and OGB's "Processing... Done!" lines: not ours
+        dataset = load_dataset(config.data)
     sizes = {k: len(v) for k, v in dataset.splits.items()}
     empty = [k for k, n in sizes.items() if n == 0
              or all(getattr(g, "node_mask", None) is not None and not bool(g.node_mask.any())
@@ -133,7 +170,13 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     if empty:
         raise ValueError(f"data: the {'/'.join(empty)} split of {dataset.name} is empty or its node mask selects "
                          f"no node (splits {sizes}); raise data.limit or use a larger dataset")
-    log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} ({time.perf_counter() - started:.1f}s)")
+    unit = "graphs"
+    if is_single_graph(dataset):  # one graph: the split is its node mask
+        unit = "nodes"
+        sizes = {k: sum(int(g.node_mask.sum()) if getattr(g, "node_mask", None) is not None else g.num_nodes
+                        for g in v) for k, v in dataset.splits.items()}
+    log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} {unit} "
+        f"({time.perf_counter() - started:.1f}s)")
     model = build_model(config.model, dataset)
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     train_graphs = dataset.splits["train"]
@@ -148,29 +191,51 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
                                   append=resume is not None)
     trainer = Trainer(model, balancer, config.train, train_graphs, out_dir=out_dir, device=device,
                       seed=config.seed, log=log, summary=summary_for(dataset), monitor=monitor, sync=sync)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
-    trainer.fit(loaders["train"], loaders["valid"], resume=resume)
-    evaluated = trainer.test({"valid": loaders["valid"], "test": loaders["test"]})
-    results = {
-        "dataset": dataset.name,
-        "best_epoch": trainer.best_epoch,
-        "epochs_run": trainer.epoch,
-        "monitor": config.train.monitor,
-        "seconds": time.perf_counter() - started,
-        "tasks": {t.name: {"level": t.level, "kind": t.kind, "metric": t.metric} for t in dataset.tasks},
-        **{split: {k: v for k, v in res.items()} for split, res in evaluated.items()},
-    }
-    if monitor is not None:
-        monitor.close()
-        results["conflicts"] = monitor.summary()
-    if sync is not None:
-        results["collectives"] = sync.summary()
-    if main:
-        write_json(results, out_dir / "results.json")
-        for split in ("valid", "test"):  # every task's row, whatever the console shows
-            (out_dir / f"per_task_{split}.txt").write_text(results_table(results, split, max_tasks=None) + "\n")
+    if resume is not None:
+        trainer.load(resume)
+    with RunFolder(out_dir, enabled=main) as folder:  # everything checked: from here on the folder is written
+        _prepare_folder(folder, config, trainer, resume is not None, overwrite)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
+        if resume is not None:
+            log(f"resumed from {resume} at epoch {trainer.epoch}")
+        trainer.fit(loaders["train"], loaders["valid"])
+        evaluated = trainer.test({"valid": loaders["valid"], "test": loaders["test"]})
+        results = {
+            "dataset": dataset.name,
+            "best_epoch": trainer.best_epoch,
+            "epochs_run": trainer.epoch,
+            "monitor": config.train.monitor,
+            "seconds": time.perf_counter() - started,
+            "tasks": {t.name: {"level": t.level, "kind": t.kind, "metric": t.metric} for t in dataset.tasks},
+            **{split: {k: v for k, v in res.items()} for split, res in evaluated.items()},
+        }
+        if monitor is not None:
+            monitor.close()
+            results["conflicts"] = monitor.summary()
+        if sync is not None:
+            results["collectives"] = sync.summary()
+        if main:
+            write_json(results, out_dir / "results.json")
+            for split in ("valid", "test"):  # every task's row, whatever the console shows
+                atomic_write_text(results_table(results, split, max_tasks=None) + "\n",
+                                  out_dir / f"per_task_{split}.txt")
     return results
+
+
+def _prepare_folder(folder: RunFolder, config: Config, trainer: Trainer, resumed: bool, overwrite: bool) -> None:
+    """The locked run folder made ready: a replaced run's files removed, a resumed run's logs cut back to its
+    checkpoint, ``config.yaml`` written."""
+    import yaml
+
+    if not folder.enabled:
+        return
+    if overwrite:
+        folder.clear()
+    if resumed:
+        folder.cut_logs(trainer.step)
+        trainer.write_metrics()
+    atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), folder.out_dir / "config.yaml")
 
 
 def _silent(message: str) -> None:
@@ -196,19 +261,23 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
 
 
 def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
     """:func:`train` once per seed into ``out_dir/seed<N>``; ``summary.json`` and ``summary.md`` hold the mean and
     standard deviation over seeds of every test and validation metric (at each run's best validation epoch),
-    and each seed's best epoch, epochs run, minutes and headline test scores."""
+    and each seed's best epoch, epochs run, minutes and headline test scores. ``out_dir`` must be empty or
+    new, unless ``overwrite`` (which replaces each seed's run)."""
     out_dir = Path(out_dir)
+    if is_main_process():
+        check_out_dir(out_dir, overwrite=overwrite)
     runs = []
     for seed in seeds:
         log(f"--- seed {seed} ---")
-        runs.append(train(dataclasses.replace(config, seed=seed), out_dir / f"seed{seed}", log=log))
+        runs.append(train(dataclasses.replace(config, seed=seed), out_dir / f"seed{seed}", log=log,
+                          overwrite=overwrite))
     summary = seed_summary(runs, seeds)
     if is_main_process():
         write_json(summary, out_dir / "summary.json")
-        (out_dir / "summary.md").write_text(seed_table(summary, max_tasks=None) + "\n")
+        atomic_write_text(seed_table(summary, max_tasks=None) + "\n", out_dir / "summary.md")
     return summary
 
 

@@ -191,6 +191,19 @@ def collect_labels(tasks: list[Task], graphs) -> dict[str, Tensor]:
     return out
 
 
+#: the largest float32: every label, and the mean and standard deviation of regression targets, must stay below it
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_labels(tasks: list[Task], labels: dict[str, Tensor]) -> None:
+    """Every label is finite (NaN marks a missing one) and within the float32 range the model trains in."""
+    for task in tasks:
+        y = labels[task.name]
+        if torch.isinf(y).any():
+            raise ValueError(f"data: task {task.name!r} has infinite training labels (a value beyond float32's "
+                             f"{FLOAT32_MAX:.3g}?); rescale or fix the labels (NaN marks a missing one)")
+
+
 class _JoinedTargets:
     """The target attributes (and ``node_mask``) of many graphs concatenated: what :func:`loss_targets` reads."""
 
@@ -198,16 +211,22 @@ class _JoinedTargets:
 
 
 def fit_scalers(tasks: list[Task], labels: dict[str, Tensor]) -> Scalers:
-    """Mean and standard deviation (per column) of every regression task's labelled training targets."""
+    r"""Mean :math:`\mu` and standard deviation :math:`\sigma = \sqrt{\overline{(y - \mu)^2}}` (per column,
+    over the labelled training targets) of every regression task, computed in float64 (squares of labels near
+    1e20 overflow float32) and returned in float32; a column whose statistics exceed float32 is an error."""
     scalers: Scalers = {}
     for task in tasks:
         if task.kind != "regression":
             continue
-        y = labels[task.name]
+        y = labels[task.name].double()
         mean = torch.nan_to_num(torch.nanmean(y, dim=0), nan=0.0)
         std = torch.sqrt(torch.nan_to_num(torch.nanmean((y - mean) ** 2, dim=0), nan=1.0))
         std = torch.where(std > 1e-8, std, torch.ones_like(std))
-        scalers[task.name] = (mean, std)
+        largest = float(torch.maximum(mean.abs(), std).max())
+        if not largest < FLOAT32_MAX:
+            raise ValueError(f"data: task {task.name!r}: its targets' mean or standard deviation ({largest:.3g}) "
+                             f"exceeds float32's {FLOAT32_MAX:.3g}; rescale the labels")
+        scalers[task.name] = (mean.float(), std.float())
     return scalers
 
 

@@ -17,3 +17,18 @@ def test_own_loop_example_trains_with_pcgrad(tmp_path):
     history = _load("own_loop").main(steps=30, limit=150, cache_dir=tmp_path)
     assert len(history) == 30
     assert sum(history[-5:]) < sum(history[:5])
+
+
+def _readme_library_section() -> tuple[str, str]:
+    """The README's library snippet and the output it says it prints."""
+    text = (EXAMPLES.parent / "README.md").read_text().split("## As a library", 1)[1]
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = text.split("prints (CPU, run as a test):\n\n```\n", 1)[1].split("```", 1)[0]
+    return code, printed
+
+
+def test_readme_library_snippet_runs_as_written_and_prints_its_figures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GRAPH_MTL_CACHE", str(tmp_path))
+    code, printed = _readme_library_section()
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out == printed

@@ -71,7 +71,7 @@ def test_neighbor_loader_from_the_command_line(tmp_path, capsys):
             "--set", "model.virtual_node=false", "--set", "model.num_layers=2", "--set", "data.loader=neighbor",
             "--set", "data.fanout=[5, 5]", "--set", "epochs=1", "--set", "model.hidden=16", "--quiet"]
     assert main(args) == 0
-    assert main(args[:-3] + ["--set", "data.fanout=[5]", "--set", "epochs=1"]) == 2
+    assert main([*args[:-3], "--set", "data.fanout=[5]", "--set", "epochs=1", "--overwrite"]) == 2
     assert "data.fanout: 1 entries for model.num_layers=2" in capsys.readouterr().err
     assert load_config(None, ["data.loader=neighbor"]).data.loader == "neighbor"
 

@@ -158,4 +158,4 @@ def test_cli_bad_seeds_are_a_one_line_error(capsys):
     from graph_mtl.cli import main
 
     assert main(["train", "--seeds", "0,x"]) == 2
-    assert "--seeds: expected comma-separated integers" in capsys.readouterr().err
+    assert "--seeds: expected distinct comma-separated integers" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_quiet_turns_the_progress_bar_off(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_train(config, out, resume=None):
+    def fake_train(config, out, resume=None, overwrite=False):
         seen["progress"] = config.train.progress
         raise ValueError("stop here")
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from graph_mtl.tasks import Task, collect_labels, fit_scalers, labelled_mask, masked_loss, task_losses
+from graph_mtl.tasks import Task, check_labels, collect_labels, fit_scalers, labelled_mask, masked_loss, task_losses
 
 
 def test_bce_ignores_nan_and_means_over_labelled():
@@ -84,6 +84,22 @@ def test_bad_task_specs_are_clear_errors(kwargs, field):
 def test_missing_target_attribute_names_it():
     with pytest.raises(KeyError, match="y_missing"):
         Task("t", "graph", "binary", target="y_missing").labels(object())
+
+
+def test_target_statistics_are_computed_in_float64():
+    task = Task("big", "graph", "regression")
+    y = torch.tensor([[1e30], [3e30], [float("nan")]], dtype=torch.float32)  # squares overflow float32
+    mean, std = fit_scalers([task], {"big": y})["big"]
+    assert mean.dtype == std.dtype == torch.float32
+    assert mean.item() == pytest.approx(2e30, rel=1e-6) and std.item() == pytest.approx(1e30, rel=1e-6)
+
+
+def test_targets_beyond_float32_are_refused_naming_the_task():
+    task = Task("huge", "graph", "regression")
+    with pytest.raises(ValueError, match="task 'huge'.*exceeds float32"):
+        fit_scalers([task], {"huge": torch.tensor([[-1e39], [1e39]], dtype=torch.float64)})
+    with pytest.raises(ValueError, match="task 'huge' has infinite training labels"):
+        check_labels([task], {"huge": torch.tensor([[1.0], [float("inf")]])})
 
 
 def _column_batch(seed: int = 0):

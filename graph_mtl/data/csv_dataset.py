@@ -34,7 +34,7 @@ from torch_geometric.data import Data
 from graph_mtl.config import DataConfig
 from graph_mtl.data.base import SPLITS, MultiTaskDataset
 from graph_mtl.data.splits import random_split, scaffold_split
-from graph_mtl.tasks import Task
+from graph_mtl.tasks import FLOAT32_MAX, Task
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 #: the kinds a label column can have (``data.label_kinds`` values)
@@ -111,6 +111,9 @@ def _parse_label(text: str, column: str, line: int) -> float:
     if not math.isfinite(value):
         raise ValueError(f"data.label_columns: column {column!r}, line {line}: {text!r} is not a finite number; "
                          "fix the cell (leave it empty for a missing label) or drop the column")
+    if abs(value) >= FLOAT32_MAX:
+        raise ValueError(f"data.label_columns: column {column!r}, line {line}: {text!r} is beyond the float32 range "
+                         f"(|y| < {FLOAT32_MAX:.3g}) the model trains in; rescale the column")
     return value
 
 

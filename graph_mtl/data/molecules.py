@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +55,7 @@ from torch_geometric.data import Data
 
 from graph_mtl.data.base import SPLITS, MultiTaskDataset
 from graph_mtl.data.splits import scaffold_split
+from graph_mtl.engine.checkpoint import atomic_save
 from graph_mtl.tasks import Task
 
 #: Bump when a label, the featurisation, the parsing or the split changes: it renames the cache file.
@@ -148,29 +148,6 @@ def cache_path(cache_dir: str | Path | None = None, limit: int | None = None) ->
     """Where the dataset for this recipe is (or will be) cached."""
     root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     return root / f"embedded-v{RECIPE_VERSION}-{recipe_hash(limit)}.pt"
-
-
-def _current_umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def save_atomic(payload: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file in ``path``'s folder, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual file permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_payload(path: Path, expected_hash: str) -> dict | None:
@@ -479,7 +456,7 @@ def load_embedded(cache_dir: str | Path | None = None, limit: int | None = None)
     from_cache = payload is not None
     if payload is None:
         payload = build_payload(limit)
-        save_atomic(payload, path)
+        atomic_save(payload, path)
     graphs = _graphs(payload)
     splits = {name: [graphs[i] for i in payload["split"][name]] for name in SPLITS}
     info = {**payload["info"], "cache_file": str(path), "from_cache": from_cache}

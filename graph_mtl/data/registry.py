@@ -32,6 +32,9 @@ def _ogb_mol(cfg: DataConfig) -> MultiTaskDataset:
 def _planetoid(cfg: DataConfig) -> MultiTaskDataset:
     from graph_mtl.data.planetoid import load_planetoid
 
+    if cfg.limit is not None:
+        raise ValueError(f"data.limit: {cfg.name} is one graph on a fixed public split and takes no limit; set "
+                         "data.limit: null")
     return load_planetoid(cfg.name, cfg.root, cfg.aux_tasks)
 
 

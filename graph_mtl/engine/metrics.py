@@ -326,9 +326,9 @@ def evaluate_tasks(
     """Score every task with its own metric.
 
     Returns ``{"per_task": {name: value | None}, "columns": {name: columns scored}, "mean": float | None,
-    "mean_by_metric": {metric: float}, "skipped": [names scored None]}``. ``mean`` is the unweighted mean over
-    the scored tasks; it mixes scales when tasks use different metrics (rocauc with rmse), so compare models
-    with ``mean_by_metric`` (the unweighted mean over the scored tasks of each metric) in that case.
+    "mean_by_metric": {metric: float}, "skipped": [names scored None]}``. ``mean_by_metric`` is the unweighted
+    mean over the scored tasks of each metric; ``mean`` is that mean when every scored task uses one metric, and
+    ``None`` when they use several (a mean of RMSE with ROC-AUC means nothing).
     """
     per_task: dict[str, float | None] = {}
     columns: dict[str, int] = {}
@@ -346,7 +346,7 @@ def evaluate_tasks(
     return {
         "per_task": per_task,
         "columns": columns,
-        "mean": float(np.mean(scored)) if scored else None,
+        "mean": float(np.mean(scored)) if scored and len(by_metric) == 1 else None,
         "mean_by_metric": {m: float(np.mean(v)) for m, v in by_metric.items()},
         "skipped": [name for name, v in per_task.items() if v is None],
     }

@@ -130,12 +130,9 @@ class ConflictMonitor:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.path = self.out_dir / "conflicts.jsonl" if self.out_dir is not None else None
         self._writer = None
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if not append:
-                self.path.write_text("")
-            if tensorboard:
-                self._writer = _summary_writer(self.out_dir / "tb")
+        self._tensorboard = tensorboard and self.out_dir is not None
+        self._started = append  # nothing is written before the first observation (a run that fails first
+        # leaves its folder as it was)
 
     # ------------------------------------------------------------------------------------------ observing
 
@@ -199,8 +196,13 @@ class ConflictMonitor:
         if record is None:
             return
         if self.path is not None:
-            with self.path.open("a") as handle:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a" if self._started else "w") as handle:
                 handle.write(json.dumps(record) + "\n")
+            self._started = True
+        if self._tensorboard and self._writer is None:
+            self._writer = _summary_writer(self.out_dir / "tb")
+            self._tensorboard = self._writer is not None
         if self._writer is not None:
             self._log_scalars(record)
 
@@ -210,6 +212,22 @@ class ConflictMonitor:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The totals behind :meth:`summary`, so that a resumed run's summary counts every observation."""
+        return {"cos_sum": self._cos_sum, "gms_sum": self._gms_sum, "conflicts": self._conflicts,
+                "pairs": self._pairs, "norm_sum": self._norm_sum, "norm_count": self._norm_count,
+                "observations": self.observations, "seconds": self.seconds, "task_names": list(self.task_names)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (for the same tasks)."""
+        if list(state["task_names"]) != self.task_names:
+            raise ValueError(f"monitor: the state is of tasks {state['task_names']}, not {self.task_names}")
+        for key in ("cos_sum", "gms_sum", "conflicts", "pairs", "norm_sum", "norm_count"):
+            getattr(self, f"_{key}").copy_(state[key])
+        self.observations, self.seconds = int(state["observations"]), float(state["seconds"])
 
     # ------------------------------------------------------------------------------------------ summary
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from graph_mtl.balancers.base import Balancer
 from graph_mtl.config import TrainConfig
 from graph_mtl.engine.checkpoint import (
+    CheckpointError,
     atomic_save,
     atomic_write_text,
     load_checkpoint,
@@ -31,7 +32,7 @@ from graph_mtl.engine.distributed import GradientSync, gather_predictions, shard
 from graph_mtl.engine.metrics import baseline_predictions, evaluate_tasks
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.models.multitask import MultiTaskGNN
-from graph_mtl.tasks import Scalers, Task, collect_labels, fit_scalers, task_losses
+from graph_mtl.tasks import Scalers, Task, check_labels, collect_labels, fit_scalers, task_losses
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -123,6 +124,7 @@ class Trainer:
         self.optimizer = build_optimizer(model.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         labels = collect_labels(self.tasks, train_graphs)
+        check_labels(self.tasks, labels)
         self.scalers: Scalers = fit_scalers(self.tasks, labels) if cfg.standardize_targets else {}
         self.train_labels = {name: y.numpy() for name, y in labels.items()}
         self.epoch = 0
@@ -134,8 +136,7 @@ class Trainer:
         self._amp = cfg.amp
         # fp16 needs loss scaling; the balancer unscales per-task gradients before combining them
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        if self.writes:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_monitor(cfg.monitor, self.tasks)
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -169,6 +170,9 @@ class Trainer:
             self._write_epoch(record, improved)
             mark = "  *best" if improved else ""
             extra = "".join(f"valid {k} {v:.4f}  " for k, v in valid["summary"].items() if isinstance(v, float))
+            if self.cfg.monitor not in ("gain", "loss"):  # the value "*best" refers to
+                value = valid["per_task"][self.cfg.monitor]
+                extra += f"valid {self.cfg.monitor} {'-' if value is None else f'{value:.4f}'}  "
             self.log(f"epoch {self.epoch:3d}/{self.cfg.epochs}  train loss {train_stats['train_loss']:.4f}  "
                      f"valid loss {valid['loss']:.4f}  valid gain {valid['gain']:+.3f}  {extra}"
                      f"{record['seconds']:.1f}s{mark}")
@@ -321,9 +325,7 @@ class Trainer:
             return valid["gain"]
         if monitor == "loss":
             return -valid["loss"]
-        task = next((t for t in self.tasks if t.name == monitor), None)
-        if task is None:
-            raise ValueError(f"train.monitor: {monitor!r} is neither gain, loss nor a task name")
+        task = next(t for t in self.tasks if t.name == monitor)  # checked in __init__
         value = valid["per_task"][monitor]
         if value is None:
             return -math.inf
@@ -356,22 +358,32 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "scalers": self.scalers,
             "history": self.history,
+            "monitor": self.monitor.state_dict() if self.monitor is not None else None,
             "rng": rng_state(),
         }
 
     def load(self, path: str | Path) -> None:
-        """Restore a checkpoint written by this trainer, to continue exactly where it stopped."""
+        """Restore a checkpoint written by this trainer, to continue exactly where it stopped; a checkpoint of
+        another model, dataset or balancer is a one-line :class:`CheckpointError` (nothing is changed)."""
         state = load_checkpoint(path, self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.balancer.load_state_dict(state["balancer"])
-        if state.get("grad_scaler"):
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
-        for key in ("epoch", "step", "best_score", "best_epoch", "bad_epochs", "scalers", "history"):
-            setattr(self, key, state[key])
-        set_rng_state(state["rng"])
+        check_same_model(state["model"], self.model.state_dict(), path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.balancer.load_state_dict(state["balancer"])
+            if state.get("grad_scaler"):
+                self.grad_scaler.load_state_dict(state["grad_scaler"])
+            if self.monitor is not None and state.get("monitor") is not None:
+                self.monitor.load_state_dict(state["monitor"])
+            for key in ("epoch", "step", "best_score", "best_epoch", "bad_epochs", "scalers", "history"):
+                setattr(self, key, state[key])
+            set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
+            what = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"--resume: {str(path)!r} does not match this run's config ({what}); resume "
+                                  "with the config the run was started with (its config.yaml)") from None
 
     def _step_scheduler(self, score: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -383,9 +395,17 @@ class Trainer:
         if not self.writes:
             return
         state = self.state_dict()
-        atomic_save(state, self.out_dir / "last.pt")
-        if improved:
+        if improved:  # best.pt first: killed in between, last.pt still names the previous best, so the resumed
+            # run redoes this epoch and writes both again (never a last.pt whose best epoch best.pt does not hold)
             atomic_save(state, self.out_dir / "best.pt")
+        atomic_save(state, self.out_dir / "last.pt")
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        """Write ``metrics.csv``, one row per epoch of :attr:`history` (a resumed run rewrites it from its
+        checkpoint's history, whatever a killed run left)."""
+        if not self.writes or not self.history:
+            return
         keys = list(self.history[0])
         text = io.StringIO()  # csv quoting: a task name may hold a comma or a quote
         writer = csv.writer(text, lineterminator="\n")
@@ -398,14 +418,40 @@ class Trainer:
         if not self.writes or not rows:
             return
         path = self.out_dir / "steps.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new:
-                writer.writerow(["epoch", "step", *[f"loss/{n}" for n in names], *[f"weight/{n}" for n in names]])
-            for epoch, step, values, present, weights in rows:
-                losses = [f"{v:.6g}" if p else "" for v, p in zip(values.tolist(), present.tolist())]
-                writer.writerow([epoch, step, *losses, *[f"{w:.6g}" for w in weights.tolist()]])
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        if not path.exists():
+            writer.writerow(["epoch", "step", *[f"loss/{n}" for n in names], *[f"weight/{n}" for n in names]])
+        for epoch, step, values, present, weights in rows:
+            losses = [f"{v:.6g}" if p else "" for v, p in zip(values.tolist(), present.tolist())]
+            writer.writerow([epoch, step, *losses, *[f"{w:.6g}" for w in weights.tolist()]])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:  # one write: a kill leaves at most one partial row, cut on resume
+            handle.write(text.getvalue())
+
+
+def check_monitor(monitor: str, tasks: list[Task]) -> None:
+    """``train.monitor`` must be ``gain``, ``loss`` or the name of one of ``tasks``."""
+    names = [t.name for t in tasks]
+    if monitor not in ("gain", "loss", *names):
+        raise ValueError(f"train.monitor: {monitor!r} is neither gain, loss nor a task of this dataset; "
+                         f"choose gain, loss or one of {names}")
+
+
+def check_same_model(saved: dict[str, Tensor], current: dict[str, Tensor], path: str | Path) -> None:
+    """A checkpoint's weights must be those of the model built from this config: same names and shapes."""
+    missing = [k for k in current if k not in saved]
+    extra = [k for k in saved if k not in current]
+    shapes = [k for k in current if k in saved and tuple(saved[k].shape) != tuple(current[k].shape)]
+    if missing or extra or shapes:
+        if shapes:
+            k = shapes[0]
+            example = f"{k!r} is {tuple(saved[k].shape)} there, {tuple(current[k].shape)} here"
+        else:
+            example = f"e.g. {(missing or extra)[0]!r} is {'missing' if missing else 'unexpected'}"
+        raise CheckpointError(f"--resume: {str(path)!r} holds another model ({len(missing)} weights missing, "
+                              f"{len(extra)} unexpected, {len(shapes)} of another shape; {example}); resume with "
+                              "the config the run was started with (its config.yaml)")
 
 
 def relative_gain(tasks: list[Task], values: dict[str, float | None], baseline: dict[str, float | None]) -> float:
