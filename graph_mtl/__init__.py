@@ -10,7 +10,16 @@ from graph_mtl.tasks import Task, task_losses
 
 __version__ = "0.1.0"
 
+
+def load_run(path, checkpoint: str = "best", device: str = "auto"):
+    """A trained run ready to predict and embed (``graph_mtl/inference.py``): a run folder (its ``best.pt`` by
+    default), a checkpoint file, or a ``--seeds`` folder (an ensemble of its seeds)."""
+    from graph_mtl.inference import load_run as load
+
+    return load(path, checkpoint, device)
+
+
 __all__ = [
     "BALANCERS", "Balancer", "GNNEncoder", "GraphHead", "LossWeighting", "MultiTaskGNN", "NodeHead", "PCGrad", "Task",
-    "create", "task_losses",
+    "create", "load_run", "task_losses",
 ]

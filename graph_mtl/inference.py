@@ -52,7 +52,7 @@ def _labels(task: Task) -> list[str]:
 def output_columns(task: Task, raw: np.ndarray) -> dict[str, np.ndarray]:
     """A task's de-standardised model outputs ``[n, k]`` as named columns of values or probabilities (module
     docstring); a single-output regression or binary task is one column named after the task."""
-    z = np.asarray(raw, dtype=np.float64).reshape(len(raw), -1)
+    z = np.asarray(raw, dtype=np.float64).reshape(len(raw), task.num_outputs)
     if task.kind in ("binary", "multilabel"):
         z = expit(z)
     elif task.kind == "multiclass":
