@@ -264,3 +264,22 @@ def test_readme_round_trip_runs_as_written(runs, tmp_path, monkeypatch):
     namespace: dict = {}
     exec(_readme_block("predict-python"), namespace)  # noqa: S102 - the README's own example
     assert math.isfinite(namespace["preds"].graph["logp"][0]) and namespace["preds"].errors[2]
+
+
+def test_atom_tasks_are_lists_per_row_or_one_row_per_atom(tmp_path):
+    run = tmp_path / "emb"
+    assert main(["train", "--set", "data.limit=60", "--set", f"data.root={tmp_path}", *SMALL, "--set", "epochs=1",
+                 "--out", str(run)]) == 0
+    path = tmp_path / "in.csv"
+    path.write_text("smiles\nCCO\n[Cu+2]\nOc1ccccc1\n")
+    assert main(["predict", str(run), "--input", str(path), "--out", str(tmp_path / "wide.csv")]) == 0
+    wide = _read(tmp_path / "wide.csv")
+    assert [len(json.loads(r["gasteiger"])) if r["gasteiger"] else 0 for r in wide] == [3, 0, 7]
+    assert "outside the run's training elements" in wide[1]["error"] or "bond" in wide[1]["error"]
+    assert set(json.loads(wide[2]["pharmacophore"])) <= {0, 1, 2, 3}
+    out, atoms = tmp_path / "graphs.csv", tmp_path / "atoms.csv"
+    assert main(["predict", str(run), "--input", str(path), "--out", str(out), "--node-out", str(atoms)]) == 0
+    assert "gasteiger" not in _read(out)[0] and "logp" in _read(out)[0]
+    long = _read(atoms)
+    assert [(int(r["row"]), int(r["atom"])) for r in long] == [(0, a) for a in range(3)] + [(2, a) for a in range(7)]
+    assert [float(r["gasteiger"]) for r in long[3:]] == json.loads(wide[2]["gasteiger"])
