@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "GNNEncoder": "graph_mtl.models", "GraphHead": "graph_mtl.models", "MultiTaskGNN": "graph_mtl.models",
     "NodeHead": "graph_mtl.models",
     "Task": "graph_mtl.tasks", "task_losses": "graph_mtl.tasks",
+    "load_run": "graph_mtl.inference",
 }
 
 __all__ = sorted(_EXPORTS)

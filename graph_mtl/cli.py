@@ -53,7 +53,33 @@ def _parser() -> argparse.ArgumentParser:
     affinity.add_argument("--out", default="runs/affinity", help="output folder (default: runs/affinity)")
     affinity.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub.add_parser("list", help="list datasets, encoders, pooling and balancers")
+    _add_use_parsers(sub)
     return parser
+
+
+def _add_use_parsers(sub) -> None:
+    """``predict``, ``evaluate`` and ``embed``: using a trained run (``graph_mtl/inference.py``)."""
+    predict = sub.add_parser("predict", help="predictions of a trained run for a CSV of SMILES (or a node split)")
+    evaluate = sub.add_parser("evaluate", help="metrics of a trained run on a labelled CSV or a split")
+    embed = sub.add_parser("embed", help="the shared encoder's embeddings of a CSV of SMILES")
+    for command in (predict, evaluate, embed):
+        command.add_argument("run", metavar="RUN", help="a run folder, a checkpoint file, or a --seeds folder")
+        command.add_argument("--input", metavar="FILE.csv", help="CSV with a header row and a SMILES column")
+        command.add_argument("--smiles-column", default="smiles", help="the SMILES column of --input (default: smiles)")
+        command.add_argument("--checkpoint", default="best", help="best or last (default: best)")
+        command.add_argument("--batch-size", type=int, default=None, help="default: the run's data.batch_size")
+        command.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    predict.add_argument("--split", choices=("train", "valid", "test", "all"),
+                         help="node datasets: predict the nodes of this split of the run's graph")
+    predict.add_argument("--out", required=True, metavar="FILE.csv", help="where the predictions go")
+    predict.add_argument("--node-out", metavar="FILE.csv",
+                         help="atom-level tasks in long format (one row per atom) here instead of lists per row")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("--split", choices=("train", "valid", "test"), help="a split of the run's own dataset")
+    evaluate.add_argument("--out", metavar="FILE.json", help="also write the metrics here")
+    embed.add_argument("--out", required=True, metavar="FILE", help=".npy (or .npz with --nodes)")
+    embed.add_argument("--nodes", action="store_true", help="also every atom's embedding (written as .npz)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _report(args)
             if args.command == "affinity":
                 return _affinity(args)
+            if args.command in ("predict", "evaluate", "embed"):
+                return {"predict": _predict, "evaluate": _evaluate, "embed": _embed}[args.command](args)
             return _train(args)
     except USER_ERRORS as error:
         if args.debug:
@@ -140,6 +168,99 @@ def _affinity(args: argparse.Namespace) -> int:
     for k, group in enumerate(suggest_groups(result.affinity, result.names), start=1):
         print(f"  {k}. {', '.join(group)}")
     print(f"\nwritten to {path.parent} (affinity.csv, cosine.csv, affinity.png, {path.name})")
+    return 0
+
+
+def _load_for(args: argparse.Namespace, split_ok: bool = True):
+    """The run of ``predict`` / ``evaluate`` / ``embed`` after checking the flags that choose its input."""
+    split = getattr(args, "split", None) if split_ok else None
+    if (args.input is None) == (split is None):
+        either = "--input FILE.csv or --split NAME" if split_ok else "--input FILE.csv"
+        raise ValueError(f"{args.command}: give {either}" + (", not both" if args.input and split else ""))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    from graph_mtl.inference import load_run
+
+    return load_run(args.run, args.checkpoint, args.device)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    run = _load_for(args)
+    from graph_mtl.inference import PROGRESS_MIN, predict_nodes
+    from graph_mtl.prediction_files import read_smiles, write_table
+
+    if args.split is not None:
+        if args.node_out:
+            raise ValueError("--node-out: only for molecules (--input); --split writes one row per node to --out")
+        table = predict_nodes(run, args.split)
+        write_table(table, args.out)
+        print(f"{len(table['node'])} node predictions written to {args.out}")
+        return 0
+    _, _, smiles = read_smiles(args.input, args.smiles_column)
+    progress = not args.quiet and len(smiles) > PROGRESS_MIN and sys.stderr.isatty()
+    predictions = run.predict(smiles, args.batch_size, progress)
+    failed = sum(bool(e) for e in predictions.errors)
+    if failed == len(smiles):
+        raise ValueError(f"--input: none of the {len(smiles)} SMILES in column {args.smiles_column!r} can be used "
+                         f"(first: {predictions.errors[0]}); check --smiles-column and the file")
+    table = predictions.table(node_lists=args.node_out is None)
+    table[args.smiles_column] = table.pop("smiles")
+    table = {args.smiles_column: table.pop(args.smiles_column), **table}
+    if args.node_out and predictions.node:
+        write_table(predictions.node_table(), args.node_out)
+    write_table(table, args.out)
+    note = f"; {failed} row(s) with an unusable SMILES have an error and no prediction" if failed else ""
+    print(f"{len(smiles)} predictions written to {args.out}{note}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    run = _load_for(args)
+    from graph_mtl.engine.trainer import write_json
+    from graph_mtl.inference import evaluate_run, evaluate_split, featurise_all, graph_loader
+    from graph_mtl.prediction_files import add_labels, read_smiles
+
+    if args.split is not None:
+        result = evaluate_split(run, args.split)
+    else:
+        header, rows, smiles = read_smiles(args.input, args.smiles_column)
+        graphs, errors = featurise_all(run, smiles)
+        bad = [(line, e) for (line, _), e in zip(rows, errors) if e]
+        if bad:
+            shown = ", ".join(str(line) for line, _ in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise ValueError(f"--input: {len(bad)} row(s) of {args.input!r} have a SMILES the run cannot use "
+                             f"(lines {shown}; {bad[0][1]}); fix or remove them")
+        add_labels(run.tasks, header, rows, graphs, args.input)
+        size = args.batch_size or run.config.data.batch_size
+        result = evaluate_run(run, lambda member: graph_loader(graphs, size))
+    if args.out:
+        write_json(result, args.out)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    run = _load_for(args, split_ok=False)
+    from graph_mtl.inference import Ensemble
+    from graph_mtl.prediction_files import read_smiles, write_arrays
+
+    if isinstance(run, Ensemble):
+        raise ValueError(f"RUN: {args.run} is a --seeds folder, whose seeds embed into different spaces; give one "
+                         "seed's run folder (RUN/seed<N>)")
+    _, _, smiles = read_smiles(args.input, args.smiles_column)
+    arrays, errors = run.embed(smiles, nodes=args.nodes, batch_size=args.batch_size)
+    if all(errors):
+        raise ValueError(f"--input: none of the {len(smiles)} SMILES can be used (first: {errors[0]}); check "
+                         "--smiles-column and the file")
+    if args.nodes:
+        write_arrays(args.out, **arrays)
+    else:
+        write_arrays(args.out, graphs=arrays["graphs"])
+    failed = sum(bool(e) for e in errors)
+    note = f"; {failed} row(s) with an unusable SMILES are NaN" if failed else ""
+    print(f"embeddings {arrays['graphs'].shape} written to {args.out}{note}")
     return 0
 
 

@@ -22,17 +22,18 @@ from graph_mtl.config import Config, ModelConfig, TrainConfig
 from graph_mtl.data.base import MultiTaskDataset, is_single_graph
 from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
 from graph_mtl.data.partition import partition_loaders
-from graph_mtl.data.registry import load_dataset, summary_for
+from graph_mtl.data.registry import featuriser_for, load_dataset, summary_for
 from graph_mtl.data.sharding import per_process_batch, shard_node_dataset, sharded_graph_loaders
 from graph_mtl.engine.checkpoint import atomic_write_text, seed_everything
 from graph_mtl.engine.distributed import GradientSync, init_distributed, is_main_process, local_device
-from graph_mtl.engine.metrics import better
+from graph_mtl.engine.metadata import run_metadata
+from graph_mtl.engine.metrics import better, trivial_baseline
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.run_folder import RunFolder, check_out_dir
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS
-from graph_mtl.tasks import MAXIMISED_METRICS
+from graph_mtl.tasks import MAXIMISED_METRICS, Task
 
 #: how the library's errors name what they are about (the arguments of its classes) -> the config keys a user sets
 CONFIG_KEYS: dict[str, str] = {"encoder.": "model.", "balancer_args": "train.balancer_args",
@@ -53,33 +54,42 @@ def config_key_errors() -> Iterator[None]:
         raise
 
 
+def model_inputs(cfg: ModelConfig, dataset: MultiTaskDataset) -> dict[str, Any]:
+    """What :func:`build_model` reads from the dataset, as plain values (checkpoints keep them to rebuild the
+    model without the data): feature kind and widths, whether it is one graph, PNA's degree histogram."""
+    return {"dataset": dataset.name, "node_features": dataset.node_features,
+            "num_node_features": dataset.num_node_features, "num_edge_features": dataset.num_edge_features,
+            "single_graph": is_single_graph(dataset),
+            "pna_deg": degree_histogram(dataset.splits["train"]) if cfg.conv == "pna" else None}
+
+
 def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
     """The encoder and heads for ``dataset``: OGB atom/bond encoders for OGB features, linear maps otherwise."""
     with config_key_errors():
-        return _build_model(cfg, dataset)
+        return model_from_inputs(cfg, model_inputs(cfg, dataset), dataset.tasks)
 
 
-def _build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
-    ogb = dataset.node_features == "ogb"
-    edge_channels = dataset.num_edge_features
+def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task]) -> MultiTaskGNN:
+    """:func:`build_model` from :func:`model_inputs`' values and the tasks."""
+    ogb = inputs["node_features"] == "ogb"
+    edge_channels = inputs["num_edge_features"]
     if cfg.conv == "auto":
         cfg = dataclasses.replace(cfg, conv="gine" if edge_channels > 0 else "gin")
     if cfg.virtual_node is None:
-        cfg = dataclasses.replace(cfg, virtual_node=not is_single_graph(dataset))
+        cfg = dataclasses.replace(cfg, virtual_node=not inputs["single_graph"])
     if cfg.conv not in EDGE_CONVS or edge_channels == 0:
         edge_encoder = "none"
     else:
         edge_encoder = "bond" if ogb else "linear"
     if cfg.conv == "gine" and edge_encoder == "none":
-        raise ValueError(f"model.conv: 'gine' needs edge features and {dataset.name!r} has none; use gin")
+        raise ValueError(f"model.conv: 'gine' needs edge features and {inputs['dataset']!r} has none; use gin")
     encoder = GNNEncoder(
-        in_channels=dataset.num_node_features, hidden=cfg.hidden, num_layers=cfg.num_layers, conv=cfg.conv,
+        in_channels=inputs["num_node_features"], hidden=cfg.hidden, num_layers=cfg.num_layers, conv=cfg.conv,
         node_encoder="atom" if ogb else "linear", edge_encoder=edge_encoder, edge_channels=edge_channels,
         virtual_node=cfg.virtual_node, residual=cfg.residual, norm=cfg.norm, dropout=cfg.dropout, jk=cfg.jk,
-        heads=cfg.heads, pna_deg=degree_histogram(dataset.splits["train"]) if cfg.conv == "pna" else None,
-        vn_norm=cfg.vn_norm,
+        heads=cfg.heads, pna_deg=inputs["pna_deg"], vn_norm=cfg.vn_norm,
     )
-    return MultiTaskGNN(encoder, dataset.tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
+    return MultiTaskGNN(encoder, tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
                         head_layers=cfg.head_layers, head_dropout=cfg.dropout)
 
 
@@ -147,7 +157,6 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     Under ``torchrun`` (or in a process group the caller initialised) every process runs this with the same
     config: each trains on its shard of every batch with the global batch's losses and gradients
     (``engine/distributed.py``); rank 0 alone logs and writes files."""
-    import yaml
 
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
@@ -177,7 +186,9 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
                         for g in v) for k, v in dataset.splits.items()}
     log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} {unit} "
         f"({time.perf_counter() - started:.1f}s)")
-    model = build_model(config.model, dataset)
+    inputs = model_inputs(config.model, dataset)
+    with config_key_errors():
+        model = model_from_inputs(config.model, inputs, dataset.tasks)
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     train_graphs = dataset.splits["train"]
     loaders = make_loaders(config, dataset, sync)
@@ -191,6 +202,9 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
                                   append=resume is not None)
     trainer = Trainer(model, balancer, config.train, train_graphs, out_dir=out_dir, device=device,
                       seed=config.seed, log=log, summary=summary_for(dataset), monitor=monitor, sync=sync)
+    trainer.metadata = run_metadata(
+        config.to_dict(), dataset.tasks, inputs, featuriser_for(dataset),
+        {t.name: trivial_baseline(t, trainer.train_labels[t.name]) for t in dataset.tasks})
     if resume is not None:
         trainer.load(resume)
     with RunFolder(out_dir, enabled=main) as folder:  # everything checked: from here on the folder is written

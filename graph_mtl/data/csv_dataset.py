@@ -27,12 +27,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from ogb.utils import smiles2graph
-from rdkit import Chem, rdBase
+from rdkit import rdBase
 from torch_geometric.data import Data
 
 from graph_mtl.config import DataConfig
 from graph_mtl.data.base import SPLITS, MultiTaskDataset
+from graph_mtl.data.featurise import molecule_graph
 from graph_mtl.data.splits import random_split, scaffold_split
 from graph_mtl.tasks import FLOAT32_MAX, Task
 
@@ -43,19 +43,20 @@ LABEL_KINDS: tuple[str, ...] = ("binary", "regression", "multiclass")
 WARN_LINES = 5
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The stripped header and ``(line number, cells)`` of every non-blank data row of a CSV file."""
+def read_rows(path: Path, key: str = "data.csv") -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The stripped header and ``(line number, cells)`` of every non-blank data row of a CSV file; errors name
+    ``key`` (the config key or flag that gave the file)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
-                raise ValueError(f"data.csv: file {str(path)!r} is empty; it needs a header row naming the columns")
+                raise ValueError(f"{key}: file {str(path)!r} is empty; it needs a header row naming the columns")
             rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
     except UnicodeDecodeError:
-        raise ValueError(f"data.csv: file {str(path)!r} is not UTF-8 text; save it as UTF-8 CSV") from None
+        raise ValueError(f"{key}: file {str(path)!r} is not UTF-8 text; save it as UTF-8 CSV") from None
     except csv.Error as error:
-        raise ValueError(f"data.csv: file {str(path)!r} is not valid CSV ({error}); fix the file") from None
+        raise ValueError(f"{key}: file {str(path)!r} is not valid CSV ({error}); fix the file") from None
     return [name.strip() for name in header], rows
 
 
@@ -117,21 +118,6 @@ def _parse_label(text: str, column: str, line: int) -> float:
     return value
 
 
-def _molecule_graph(smiles: str) -> dict | None:
-    """OGB graph arrays of ``smiles``, or ``None`` when RDKit cannot parse it, it has no atom, or
-    ``smiles2graph`` fails (call inside ``rdBase.BlockLogs()``)."""
-    if not smiles:
-        return None
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None or mol.GetNumAtoms() == 0:
-        return None
-    try:
-        graph = smiles2graph(smiles)
-    except Exception:
-        return None
-    return graph if graph["num_nodes"] > 0 else None
-
-
 def _column_kind(column: str, given: str | None, values: list[tuple[int, float]]) -> tuple[str, int]:
     """The kind and number of outputs of a column from its ``(line, value)`` labels, checked against ``given``."""
     if given == "multiclass":
@@ -169,7 +155,7 @@ def load_csv(cfg: DataConfig) -> MultiTaskDataset:
     if cfg.split not in ("scaffold", "random"):
         raise ValueError(f"data.split: unknown value {cfg.split!r}; choose one of ['scaffold', 'random']")
 
-    header, rows = _read_rows(path)
+    header, rows = read_rows(path)
     columns = _label_columns(cfg, header)
     kinds = dict(cfg.label_kinds or {})
     _check_kinds(kinds, columns)
@@ -193,7 +179,7 @@ def load_csv(cfg: DataConfig) -> MultiTaskDataset:
             cells = cells + [""] * (width - len(cells))
             y = [_parse_label(cells[i], name, line) for i, name in zip(label_at, columns)]
             smiles = cells[smiles_at].strip()
-            graph = _molecule_graph(smiles)
+            graph, _ = molecule_graph(smiles)
             if graph is None:
                 skipped.append(line)
                 continue

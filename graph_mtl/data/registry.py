@@ -96,6 +96,19 @@ def summary_for(dataset: MultiTaskDataset) -> Callable[[dict, dict], dict[str, A
     return None
 
 
+def featuriser_for(dataset: MultiTaskDataset) -> dict[str, Any] | None:
+    """How ``dataset`` turns a SMILES into a graph (``data/featurise.py``), for predictions on new molecules;
+    ``None`` for datasets not built from SMILES."""
+    from graph_mtl.data.featurise import ogb_featuriser
+
+    key = registry_key(dataset.name)
+    if key == "embedded":
+        from graph_mtl.data.molecules import ORGANIC_ELEMENTS
+
+        return ogb_featuriser(ORGANIC_ELEMENTS, min_bonds=1)  # the molecules parse_molecule keeps
+    return ogb_featuriser() if key in ("csv", "ogbg-mol*") else None
+
+
 def load_dataset(cfg: DataConfig) -> MultiTaskDataset:
     """Load the dataset named in ``cfg`` and keep only ``cfg.tasks`` when given."""
     key = registry_key(cfg.name)

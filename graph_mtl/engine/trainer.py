@@ -29,7 +29,7 @@ from graph_mtl.engine.checkpoint import (
     set_rng_state,
 )
 from graph_mtl.engine.distributed import GradientSync, gather_predictions, sharded_losses
-from graph_mtl.engine.metrics import baseline_predictions, evaluate_tasks
+from graph_mtl.engine.metrics import evaluate_tasks, trivial_baseline
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.models.multitask import MultiTaskGNN
 from graph_mtl.tasks import Scalers, Task, check_labels, collect_labels, fit_scalers, task_losses
@@ -133,6 +133,8 @@ class Trainer:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
+        #: plain description of the run saved in every checkpoint (``engine/metadata.py``; run.py sets it)
+        self.metadata: dict[str, Any] | None = None
         self._amp = cfg.amp
         # fp16 needs loss scaling; the balancer unscales per-task gradients before combining them
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
@@ -260,10 +262,7 @@ class Trainer:
         return losses, weights.to(self.device)
 
     def _autocast(self):
-        if self._amp == "none":
-            return nullcontext()
-        dtype = torch.bfloat16 if self._amp == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return amp_context(self._amp, self.device)
 
     # ------------------------------------------------------------------------------------------ evaluation
 
@@ -273,33 +272,8 @@ class Trainer:
         self.model.eval()
         if self.sync is not None:
             self.sync.broadcast_buffers(self.model)  # rank 0's running statistics everywhere
-        y_true: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
-        y_pred: dict[str, list[Tensor]] = {t.name: [] for t in self.tasks}
-        loss_total, loss_batches = 0.0, 0
-        for batch in loader:
-            batch = batch.to(self.device)
-            with self._autocast():
-                out = self.model(batch)
-            losses = task_losses(self.tasks, out.preds, batch, self.scalers)
-            if losses:
-                loss_total += float(torch.stack(list(losses.values())).mean())
-                loss_batches += 1
-            node_mask = getattr(batch, "node_mask", None)
-            for task in self.tasks:
-                pred = out.preds[task.name].float()
-                if task.name in self.scalers:
-                    mean, std = self.scalers[task.name]
-                    pred = pred * std.to(pred.device) + mean.to(pred.device)
-                y = task.labels(batch)
-                if task.level == "node" and node_mask is not None:
-                    pred, y = pred[node_mask], y[node_mask]
-                y_true[task.name].append(y.cpu())
-                y_pred[task.name].append(pred.cpu())
-        # a process whose shard of the split is empty contributes empty arrays of the right widths
-        true = {t.name: torch.cat(y_true[t.name]).numpy() if y_true[t.name] else
-                np.zeros((0, 1 if t.kind == "multiclass" else t.num_outputs), dtype=np.float32) for t in self.tasks}
-        pred = {t.name: torch.cat(y_pred[t.name]).numpy() if y_pred[t.name] else
-                np.zeros((0, t.num_outputs), dtype=np.float32) for t in self.tasks}
+        true, pred, loss_total, loss_batches = collect_predictions(self.model, self.scalers, loader, self.device,
+                                                                   self._autocast)
         if self.sync is not None:  # every shard's predictions, the same on every process
             true, pred, loss_total, loss_batches = gather_predictions(self.sync, true, pred, loss_total,
                                                                       loss_batches)
@@ -308,15 +282,8 @@ class Trainer:
     def evaluate(self, loader) -> dict[str, Any]:
         """Per-task metrics, their mean, the skipped tasks, the trivial baseline and the gain over it."""
         true, pred, loss = self.predict(loader)
-        result = evaluate_tasks(self.tasks, true, pred)
-        base_pred = {t.name: baseline_predictions(t, self.train_labels[t.name], len(true[t.name]))
-                     for t in self.tasks}
-        baseline = evaluate_tasks(self.tasks, true, base_pred)
-        result["baseline"] = baseline["per_task"]
-        result["loss"] = loss
-        result["gain"] = relative_gain(self.tasks, result["per_task"], baseline["per_task"])
-        result["summary"] = self.summary(true, pred) if self.summary is not None else {}
-        return result
+        baselines = {t.name: trivial_baseline(t, self.train_labels[t.name]) for t in self.tasks}
+        return score_predictions(self.tasks, true, pred, loss, baselines, self.summary)
 
     def monitor_score(self, valid: dict[str, Any]) -> float:
         """The model-selection score of a validation result (larger is better)."""
@@ -360,6 +327,7 @@ class Trainer:
             "history": self.history,
             "monitor": self.monitor.state_dict() if self.monitor is not None else None,
             "rng": rng_state(),
+            "metadata": self.metadata,
         }
 
     def load(self, path: str | Path) -> None:
@@ -452,6 +420,66 @@ def check_same_model(saved: dict[str, Tensor], current: dict[str, Tensor], path:
         raise CheckpointError(f"--resume: {str(path)!r} holds another model ({len(missing)} weights missing, "
                               f"{len(extra)} unexpected, {len(shapes)} of another shape; {example}); resume with "
                               "the config the run was started with (its config.yaml)")
+
+
+def amp_context(amp: str, device: torch.device):
+    """The autocast context of ``train.amp`` (``none``: no autocast) on ``device``."""
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def collect_predictions(model: MultiTaskGNN, scalers: Scalers, loader, device: torch.device,
+                        autocast: Callable[[], Any] = nullcontext) -> tuple[dict[str, np.ndarray],
+                                                                            dict[str, np.ndarray], float, int]:
+    """Every task's labels and de-standardised predictions over ``loader`` (node tasks restricted to each batch's
+    ``node_mask``), the summed per-batch mean loss and the number of batches with a loss; ``model`` in eval
+    mode, ``autocast()`` around its forward pass."""
+    tasks = model.tasks
+    y_true: dict[str, list[Tensor]] = {t.name: [] for t in tasks}
+    y_pred: dict[str, list[Tensor]] = {t.name: [] for t in tasks}
+    loss_total, loss_batches = 0.0, 0
+    for batch in loader:
+        batch = batch.to(device)
+        with autocast():
+            out = model(batch)
+        losses = task_losses(tasks, out.preds, batch, scalers)
+        if losses:
+            loss_total += float(torch.stack(list(losses.values())).mean())
+            loss_batches += 1
+        node_mask = getattr(batch, "node_mask", None)
+        for task in tasks:
+            pred = out.preds[task.name].float()
+            if task.name in scalers:
+                mean, std = scalers[task.name]
+                pred = pred * std.to(pred.device) + mean.to(pred.device)
+            y = task.labels(batch)
+            if task.level == "node" and node_mask is not None:
+                pred, y = pred[node_mask], y[node_mask]
+            y_true[task.name].append(y.cpu())
+            y_pred[task.name].append(pred.cpu())
+    # a process whose shard of the split is empty contributes empty arrays of the right widths
+    true = {t.name: torch.cat(y_true[t.name]).numpy() if y_true[t.name] else
+            np.zeros((0, 1 if t.kind == "multiclass" else t.num_outputs), dtype=np.float32) for t in tasks}
+    pred = {t.name: torch.cat(y_pred[t.name]).numpy() if y_pred[t.name] else
+            np.zeros((0, t.num_outputs), dtype=np.float32) for t in tasks}
+    return true, pred, loss_total, loss_batches
+
+
+def score_predictions(tasks: list[Task], true: dict[str, np.ndarray], pred: dict[str, np.ndarray],
+                      loss: float | None, baselines: dict[str, np.ndarray],
+                      summary: Callable[[dict, dict], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The evaluation record of ``results.json``: per-task metrics (:func:`evaluate_tasks`), the trivial
+    baseline's (its constant ``baselines`` row per task), the relative gain over it, ``loss`` and ``summary``."""
+    result = evaluate_tasks(tasks, true, pred)
+    base_pred = {t.name: np.tile(baselines[t.name], (len(true[t.name]), 1)) for t in tasks}
+    baseline = evaluate_tasks(tasks, true, base_pred)
+    result["baseline"] = baseline["per_task"]
+    result["loss"] = loss
+    result["gain"] = relative_gain(tasks, result["per_task"], baseline["per_task"])
+    result["summary"] = summary(true, pred) if summary is not None else {}
+    return result
 
 
 def relative_gain(tasks: list[Task], values: dict[str, float | None], baseline: dict[str, float | None]) -> float:
