@@ -126,7 +126,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.scheduler": ("none", "cosine", "step", "plateau"),
     "model.norm": ("batch", "layer", "none"),
     "model.jk": ("last", "sum", "max", "cat"),
-    "model.pool": ("mean", "add", "max", "attention"),
+    "model.pool": ("mean", "add", "max", "attention", "set2set"),
     "model.vn_norm": ("batch", "layer"),
     "train.grad_mode": ("exact", "rep", "auto", None),
     "train.amp": ("none", "bf16", "fp16"),

@@ -27,7 +27,7 @@ from graph_mtl.engine.metrics import better
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
-from graph_mtl.models.encoder import EDGE_CONVS
+from graph_mtl.models.encoder import EDGE_CONVS, NEEDS_EDGES
 
 
 def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
@@ -42,8 +42,8 @@ def build_model(cfg: ModelConfig, dataset: MultiTaskDataset) -> MultiTaskGNN:
         edge_encoder = "none"
     else:
         edge_encoder = "bond" if ogb else "linear"
-    if cfg.conv == "gine" and edge_encoder == "none":
-        raise ValueError(f"model.conv: 'gine' needs edge features and {dataset.name!r} has none; use gin")
+    if cfg.conv in NEEDS_EDGES and edge_encoder == "none":
+        raise ValueError(f"model.conv: {cfg.conv!r} needs edge features and {dataset.name!r} has none; use gin")
     encoder = GNNEncoder(
         in_channels=dataset.num_node_features, hidden=cfg.hidden, num_layers=cfg.num_layers, conv=cfg.conv,
         node_encoder="atom" if ogb else "linear", edge_encoder=edge_encoder, edge_channels=edge_channels,
