@@ -26,7 +26,8 @@ class DataConfig:
 
     name: str = "embedded"
     root: str | None = None
-    limit: int | None = None  # quick runs: the first N molecules (embedded, csv) or N graphs per split (OGB)
+    #: quick runs: the first N molecules (embedded, csv), N graphs per split (OGB), N training molecules (qm9)
+    limit: int | None = None
     tasks: list[str] | None = None
     batch_size: int = 64
     num_workers: int = 0
@@ -40,6 +41,10 @@ class DataConfig:
     label_kinds: dict[str, str] = field(default_factory=dict)
     split: str = "scaffold"
     split_seed: int = 0
+    #: QM9: ``complete`` graph with distances (the balancer papers') or the ``bond`` graph; ``pyg`` (PyG's QM9 class,
+    #: downloads into data.root) or ``qm9pack`` (the offline CSVs of the qm9pack package); see data/qm9.py
+    graph: str = "complete"
+    source: str = "pyg"
     #: Planetoid (cora, citeseer, pubmed): auxiliary node tasks next to ``class`` (None: all of them)
     aux_tasks: list[str] | None = None
     #: ``full``: whole graphs per batch; ``neighbor``: NeighborLoader mini-batches of ``batch_size`` seed nodes of
@@ -136,6 +141,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("full", "neighbor", "partition"),
     "data.sampler": ("auto", "pyg", "builtin"),
     "data.partition": ("random", "metis"),
+    "data.graph": ("complete", "bond"),
+    "data.source": ("pyg", "qm9pack"),
 }
 POSITIVE: tuple[str, ...] = (
     "data.batch_size", "data.parts_per_batch", "model.hidden", "model.num_layers", "model.heads", "model.head_layers",
