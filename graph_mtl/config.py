@@ -92,6 +92,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     scheduler: str = "none"
+    #: ``scheduler: plateau``: the factor, the epochs without improvement of the monitor, the floor
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    min_lr: float = 0.0
     warmup_epochs: int = 0
     grad_clip: float | None = 5.0
     amp: str = "none"
@@ -324,6 +328,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"train.lr: must be > 0, got {train.lr}")
     if not 0 <= config.model.dropout < 1:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
+    if not 0 < train.plateau_factor < 1:
+        raise ConfigError(f"train.plateau_factor: must be in (0, 1), got {train.plateau_factor}")
+    if train.plateau_patience < 0 or train.min_lr < 0:
+        raise ConfigError("train.plateau_patience and train.min_lr: must be >= 0")
     if train.grad_clip is not None and train.grad_clip <= 0:
         raise ConfigError("train.grad_clip: must be > 0, or null to disable clipping")
     if train.monitor_every is not None and train.monitor_every < 1:
