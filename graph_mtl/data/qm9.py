@@ -18,7 +18,8 @@ one-hot columns, zero for non-bonded pairs, plus the interatomic distance in Ang
 ``Distance(norm=False)``) or ``bond`` (PyG's own graph: the bonds, 4 bond-type columns). Node features are
 PyG's 11: one-hot H, C, N, O, F, atomic number, aromatic, sp, sp2, sp3, number of bonded hydrogens.
 
-Sources (``data.source``): ``pyg`` is ``torch_geometric.datasets.QM9(data.root)`` (downloads as usual);
+Sources (``data.source``): ``pyg`` is ``torch_geometric.datasets.QM9`` in ``data.root`` (else
+``$GRAPH_MTL_DATA/QM9``, else ``~/.cache/graph_mtl/datasets/QM9``; downloads as usual);
 ``qm9pack`` builds the same ``Data`` from the CSV files of the ``qm9pack`` package (``pip install
 graph-mtl[qm9]``; ``data.root`` may name another folder of ``qm9_part*.csv`` files), see :func:`molecule_graph`.
 The molecules built from qm9pack are cached (``$GRAPH_MTL_CACHE``, as the embedded dataset) under a name that
@@ -261,7 +262,9 @@ def _qm9pack_splits(cfg: DataConfig) -> tuple[dict[str, list[Data]], dict]:
 def _pyg_splits(cfg: DataConfig) -> tuple[dict[str, list[Data]], dict]:
     from torch_geometric.datasets import QM9
 
-    root = Path(cfg.root).expanduser() if cfg.root else default_cache_dir() / "QM9"
+    from graph_mtl.data.ogb_mol import default_root
+
+    root = Path(cfg.root).expanduser() if cfg.root else default_root() / "QM9"
     dataset = QM9(str(root))
     split = qm9_split(len(dataset), cfg.limit, cfg.split_seed)
     splits = {name: [_bond_graph(dataset[i]) for i in indices] for name, indices in split.items()}
