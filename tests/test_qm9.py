@@ -110,3 +110,25 @@ def test_limit_is_the_training_size_and_second_load_hits_the_cache(cache, monkey
 def test_bad_source_folder_names_the_key(tmp_path):
     with pytest.raises(ValueError, match="data.root"):
         load_qm9(DataConfig(name="qm9", source="qm9pack", root=str(tmp_path)))
+
+
+def test_pyg_source_reads_pygs_qm9_class(cache, tmp_path, monkeypatch):
+    """The PyG path splits and transforms PyG's own Data objects (here the fixture's molecules, standing in for
+    ``torch_geometric.datasets.QM9``, which needs a download)."""
+    import torch_geometric.datasets
+
+    molecules = [qm9.molecule_graph(row)[0] for row in qm9.read_qm9pack(FIXTURE)]
+    roots = []
+
+    def fake_qm9(root):
+        roots.append(root)
+        return molecules
+
+    monkeypatch.setattr(torch_geometric.datasets, "QM9", fake_qm9)
+    dataset = load_qm9(DataConfig(name="qm9", source="pyg", root=str(tmp_path / "QM9")))
+    assert roots == [str(tmp_path / "QM9")]
+    offline = _load(graph="complete")
+    for split in ("train", "valid", "test"):
+        got, want = dataset.splits[split], offline.splits[split]
+        assert [int(g.idx) for g in got] == [int(g.idx) for g in want]
+        assert all(torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.y, b.y) for a, b in zip(got, want))

@@ -265,7 +265,11 @@ def _pyg_splits(cfg: DataConfig) -> tuple[dict[str, list[Data]], dict]:
     from graph_mtl.data.ogb_mol import default_root
 
     root = Path(cfg.root).expanduser() if cfg.root else default_root() / "QM9"
-    dataset = QM9(str(root))
+    try:
+        dataset = QM9(str(root))
+    except OSError as error:  # URLError included: no network
+        raise ValueError(f"data.source: PyG's QM9 is not in {str(root)!r} and could not be downloaded ({error}); "
+                         "set data.root to a copy, or use data.source: qm9pack offline") from None
     split = qm9_split(len(dataset), cfg.limit, cfg.split_seed)
     splits = {name: [_bond_graph(dataset[i]) for i in indices] for name, indices in split.items()}
     return splits, {"source": f"torch_geometric.datasets.QM9 in {root}", "molecules": len(dataset)}
