@@ -1,5 +1,5 @@
-"""The ``graph-mtl`` command: ``train`` a multi-task model, ``report`` on a run, measure task ``affinity``, ``list``
-what is available."""
+"""The ``graph-mtl`` command: ``train`` a multi-task model, ``report`` on a run, measure task ``affinity``, ``compare``
+balancers with single-task models, ``list`` what is available."""
 
 from __future__ import annotations
 
@@ -52,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
                           help="learning rate of the lookahead SGD step (default: the config's train.lr)")
     affinity.add_argument("--out", default="runs/affinity", help="output folder (default: runs/affinity)")
     affinity.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    compare = sub.add_parser("compare", help="balancers x seeds against single-task models: table of delta-m %%")
+    compare.add_argument("--config", help="YAML config file (every key optional)")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, e.g. --set train.epochs=5")
+    compare.add_argument("--balancers", required=True, metavar="B1,B2,...", help="e.g. ew,pcgrad,nashmtl")
+    compare.add_argument("--seeds", default="0", metavar="S1,S2,...", help="seeds of the multi-task runs (default: 0)")
+    compare.add_argument("--out", default="runs/compare", help="folder of the runs and the table (default: "
+                                                                "runs/compare); rerun to resume")
+    compare.add_argument("--baselines", metavar="FILE", help="known single-task test metrics (JSON {task: value} or "
+                                                              "CSV task,value) instead of training them")
+    compare.add_argument("--main-task", metavar="TASK", help="delta-m on this task only (the others are auxiliary)")
+    compare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub.add_parser("list", help="list datasets, encoders, pooling and balancers")
     _add_use_parsers(sub)
     return parser
@@ -98,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _affinity(args)
             if args.command in ("predict", "evaluate", "embed"):
                 return {"predict": _predict, "evaluate": _evaluate, "embed": _embed}[args.command](args)
+            if args.command == "compare":
+                return _compare(args)
             return _train(args)
     except USER_ERRORS as error:
         if args.debug:
@@ -261,6 +275,22 @@ def _embed(args: argparse.Namespace) -> int:
     failed = sum(bool(e) for e in errors)
     note = f"; {failed} row(s) with an unusable SMILES are NaN" if failed else ""
     print(f"embeddings {arrays['graphs'].shape} written to {args.out}{note}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set)
+    seeds = _parse_seeds(args.seeds)
+    balancers = [b.strip() for b in args.balancers.split(",") if b.strip()]
+    from graph_mtl.compare import compare, table_rows
+
+    summary = compare(config, balancers, seeds, Path(args.out), args.baselines, args.main_task)
+    rows = table_rows(summary)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"\nwritten to {args.out} (compare.md, compare.csv, compare.json, compare.png)")
     return 0
 
 

@@ -28,7 +28,8 @@ class DataConfig:
     name: str = "embedded"
     root: str | None = None
     #: quick runs, one meaning per kind of dataset: the first N molecules in all, before the split (embedded, csv);
-    #: the first N graphs (ogbg-mol*, ppi) or nodes (ogbn-proteins) of each split; N nodes (sbm); refused by
+    #: the first N graphs (ogbg-mol*, ppi) or nodes (ogbn-proteins) of each split;
+    #: N training molecules (qm9); N nodes (sbm); refused by
     #: Planetoid (cora, citeseer, pubmed: one graph on a fixed split)
     limit: int | None = None
     tasks: list[str] | None = None
@@ -44,6 +45,10 @@ class DataConfig:
     label_kinds: dict[str, str] = field(default_factory=dict)
     split: str = "scaffold"
     split_seed: int = 0
+    #: QM9: ``complete`` graph with distances (the balancer papers') or the ``bond`` graph; ``pyg`` (PyG's QM9 class,
+    #: downloads into data.root) or ``qm9pack`` (the offline CSVs of the qm9pack package); see data/qm9.py
+    graph: str = "complete"
+    source: str = "pyg"
     #: Planetoid (cora, citeseer, pubmed): auxiliary node tasks next to ``class`` (None: all of them)
     aux_tasks: list[str] | None = None
     #: ``full``: whole graphs per batch; ``neighbor``: NeighborLoader mini-batches of ``batch_size`` seed nodes of
@@ -91,6 +96,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     scheduler: str = "none"
+    #: ``scheduler: plateau``: the factor, the epochs without improvement of the monitor, the floor
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    min_lr: float = 0.0
     warmup_epochs: int = 0
     grad_clip: float | None = 5.0
     amp: str = "none"
@@ -132,7 +141,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.scheduler": ("none", "cosine", "step", "plateau"),
     "model.norm": ("batch", "layer", "none"),
     "model.jk": ("last", "sum", "max", "cat"),
-    "model.pool": ("mean", "add", "max", "attention"),
+    "model.pool": ("mean", "add", "max", "attention", "set2set"),
     "model.vn_norm": ("batch", "layer"),
     "train.grad_mode": ("exact", "rep", "auto", None),
     "train.amp": ("none", "bf16", "fp16"),
@@ -142,6 +151,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("full", "neighbor", "partition"),
     "data.sampler": ("auto", "pyg", "builtin"),
     "data.partition": ("random", "metis"),
+    "data.graph": ("complete", "bond"),
+    "data.source": ("pyg", "qm9pack"),
 }
 #: keys that must be >= 1 when set (``null`` is allowed where the type allows it)
 POSITIVE: tuple[str, ...] = (
@@ -368,6 +379,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"train.lr: must be > 0, got {train.lr}")
     if not 0 <= config.model.dropout < 1:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
+    if not 0 < train.plateau_factor < 1:
+        raise ConfigError(f"train.plateau_factor: must be in (0, 1), got {train.plateau_factor}")
+    if train.plateau_patience < 0 or train.min_lr < 0:
+        raise ConfigError("train.plateau_patience and train.min_lr: must be >= 0")
     if train.grad_clip is not None and train.grad_clip <= 0:
         raise ConfigError("train.grad_clip: must be > 0, or null to disable clipping")
     if train.monitor_every is not None and train.monitor_every < 1:

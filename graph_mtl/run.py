@@ -32,7 +32,7 @@ from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.run_folder import RunFolder, check_out_dir
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
-from graph_mtl.models.encoder import EDGE_CONVS
+from graph_mtl.models.encoder import EDGE_CONVS, NEEDS_EDGES
 from graph_mtl.tasks import MAXIMISED_METRICS, Task
 
 #: how the library's errors name what they are about (the arguments of its classes) -> the config keys a user sets
@@ -81,8 +81,8 @@ def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task
         edge_encoder = "none"
     else:
         edge_encoder = "bond" if ogb else "linear"
-    if cfg.conv == "gine" and edge_encoder == "none":
-        raise ValueError(f"model.conv: 'gine' needs edge features and {inputs['dataset']!r} has none; use gin")
+    if cfg.conv in NEEDS_EDGES and edge_encoder == "none":
+        raise ValueError(f"model.conv: {cfg.conv!r} needs edge features and {inputs['dataset']!r} has none; use gin")
     encoder = GNNEncoder(
         in_channels=inputs["num_node_features"], hidden=cfg.hidden, num_layers=cfg.num_layers, conv=cfg.conv,
         node_encoder="atom" if ogb else "linear", edge_encoder=edge_encoder, edge_channels=edge_channels,

@@ -5,7 +5,7 @@ import torch
 from torch_geometric.data import Batch
 
 from graph_mtl.models import CONVS, POOLS, GNNEncoder, GraphHead, MultiTaskGNN, NodeHead
-from graph_mtl.models.encoder import EDGE_CONVS
+from graph_mtl.models.encoder import EDGE_CONVS, NEEDS_EDGES
 from graph_mtl.run import degree_histogram
 
 
@@ -23,8 +23,8 @@ def _encoder(conv, edges, graphs, **kw):
 @pytest.mark.parametrize("conv", CONVS)
 @pytest.mark.parametrize("edges", [True, False])
 def test_every_conv_with_and_without_edge_features(conv, edges, batch, tiny_dataset):
-    if conv == "gine" and not edges:
-        with pytest.raises(ValueError, match="gine"):
+    if conv in NEEDS_EDGES and not edges:
+        with pytest.raises(ValueError, match=conv):
             _encoder(conv, edges, tiny_dataset.splits["train"])
         return
     enc = _encoder(conv, edges, tiny_dataset.splits["train"], virtual_node=True)
@@ -119,6 +119,42 @@ def _graph_task_model(tiny_dataset, pool="mean"):
     enc = GNNEncoder(hidden=16, num_layers=2, conv="sage", node_encoder="atom", norm="none", dropout=0.0)
     graph_tasks = [t for t in tiny_dataset.tasks if t.level == "graph"]
     return MultiTaskGNN(enc, graph_tasks, pool=pool), graph_tasks
+
+
+def test_nnconv_shares_one_edge_network_and_gru_across_rounds(batch):
+    """Gilmer's MPNN: the parameters do not grow with the rounds, float edge features feed the edge network,
+    and every round changes the embeddings (so the rounds are not a no-op)."""
+    edge_attr = torch.randn(batch.edge_index.size(1), 5)
+    x = torch.randn(batch.num_nodes, 11)
+
+    def make(rounds):
+        torch.manual_seed(0)
+        return GNNEncoder(in_channels=11, hidden=8, num_layers=rounds, conv="nnconv", edge_encoder="linear",
+                          edge_channels=5, dropout=0.0)
+
+    two, three = make(2), make(3)
+    assert sum(p.numel() for p in two.parameters()) == sum(p.numel() for p in three.parameters())
+    assert len(three.convs) == 1 and three.last_layer() is three.gru
+    h2, h3 = two(x, batch.edge_index, edge_attr, batch.batch), three(x, batch.edge_index, edge_attr, batch.batch)
+    assert h3.shape == (batch.num_nodes, 8) and not torch.allclose(h2, h3)
+    moved = three(x, batch.edge_index, edge_attr + 1.0, batch.batch)
+    assert not torch.allclose(h3, moved)  # the edge network reads the edge features
+    h3.sum().backward()
+    assert all(p.grad is not None for p in three.parameters())
+
+
+def test_set2set_is_one_shared_module_of_double_width(batch, tiny_dataset):
+    enc = GNNEncoder(hidden=16, num_layers=2, conv="gine", node_encoder="atom", edge_encoder="bond")
+    graph_tasks = [t for t in tiny_dataset.tasks if t.level == "graph"]
+    model = MultiTaskGNN(enc, graph_tasks, pool="set2set")
+    out = model(batch)
+    assert out.graph_repr.shape == (batch.num_graphs, 32) and out.shared_repr is out.graph_repr
+    shared = {id(p) for p in model.shared_parameters()}
+    assert {id(p) for p in model.graph_pool.parameters()} <= shared
+    heads = {id(p) for t in graph_tasks for p in model.task_parameters(t.name)}
+    assert shared.isdisjoint(heads) and shared | heads == {id(p) for p in model.parameters()}
+    with pytest.raises(ValueError, match="pooled by the model"):
+        model.heads[graph_tasks[0].name](out.node_repr, batch.batch, batch.num_graphs)
 
 
 @pytest.mark.parametrize("pool", ["mean", "add", "max", "attention"])

@@ -50,6 +50,12 @@ def _ogbn_proteins(cfg: DataConfig) -> MultiTaskDataset:
     return load_ogbn_proteins(cfg.root, cfg.task_view, cfg.limit)
 
 
+def _qm9(cfg: DataConfig) -> MultiTaskDataset:
+    from graph_mtl.data.qm9 import load_qm9
+
+    return load_qm9(cfg)
+
+
 def _sbm(cfg: DataConfig) -> MultiTaskDataset:
     from graph_mtl.data.synthetic import load_sbm
 
@@ -65,6 +71,8 @@ DATASETS: dict[str, tuple[Callable[[DataConfig], MultiTaskDataset], str]] = {
     "citeseer": (_planetoid, "Planetoid CiteSeer, same tasks as cora (data.aux_tasks picks the auxiliary ones)"),
     "pubmed": (_planetoid, "Planetoid PubMed, same tasks as cora"),
     "ogbg-mol*": (_ogb_mol, "any OGB molecular dataset, e.g. ogbg-moltox21 (data.root, data.task_view)"),
+    "qm9": (_qm9, "QM9: 11 regression targets (MAE), complete graph with distances or bonds (data.graph); PyG or "
+                  "offline qm9pack (data.source); data.limit = training-set size"),
     "ppi": (_ppi, "PPI tissue graphs (PyG): 20/2/2 graphs, 50 features, 121 binary node labels (data.task_view)"),
     "ogbn-proteins": (_ogbn_proteins, "OGB protein graph: 132k nodes, 39.5M edges, 112 binary node tasks, species "
                                       "split (data.loader: neighbor or partition)"),

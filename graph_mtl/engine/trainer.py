@@ -54,13 +54,15 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.o
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """``cosine`` over all epochs, ``step`` (halve every third of the run), ``plateau`` on the monitor, or none."""
+    """``cosine`` over all epochs, ``step`` (halve every third of the run), ``plateau`` on the monitor (times
+    ``plateau_factor`` after ``plateau_patience`` epochs without gain, down to ``min_lr``), or none."""
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.5)
     if cfg.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience, min_lr=cfg.min_lr)
     return None
 
 

@@ -13,14 +13,19 @@ from torch_geometric.nn import (
     GCNConv,
     GINConv,
     GINEConv,
+    NNConv,
     PNAConv,
     SAGEConv,
     global_add_pool,
 )
 
-CONVS: tuple[str, ...] = ("gcn", "gin", "gine", "gat", "gatv2", "sage", "pna")
+CONVS: tuple[str, ...] = ("gcn", "gin", "gine", "gat", "gatv2", "sage", "pna", "nnconv")
 #: convs whose PyG layer consumes edge features (``edge_attr``)
-EDGE_CONVS: frozenset[str] = frozenset({"gine", "gat", "gatv2", "pna"})
+EDGE_CONVS: frozenset[str] = frozenset({"gine", "gat", "gatv2", "pna", "nnconv"})
+#: convs that need edge features (no meaningful layer without them)
+NEEDS_EDGES: frozenset[str] = frozenset({"gine", "nnconv"})
+#: width of the hidden layer of nnconv's edge network (PyG's qm9_nn_conv example)
+EDGE_NET_HIDDEN = 128
 NORMS: tuple[str, ...] = ("batch", "layer", "none")
 JK_MODES: tuple[str, ...] = ("last", "sum", "max", "cat")
 NODE_ENCODERS: tuple[str, ...] = ("linear", "atom")
@@ -69,10 +74,21 @@ def _make_conv(conv: str, hidden: int, edge_dim: int | None, heads: int, deg: Te
     if conv in ("gat", "gatv2"):
         layer = GATConv if conv == "gat" else GATv2Conv
         return layer(hidden, hidden // heads, heads=heads, edge_dim=edge_dim)
+    if conv == "nnconv":
+        raise ValueError("encoder.conv: 'nnconv' is built by _nnconv (one layer shared by every round)")
     if deg is None:
         raise ValueError("encoder.pna_deg: conv 'pna' needs the in-degree histogram of the training graphs")
     return PNAConv(hidden, hidden, aggregators=["mean", "min", "max", "std"],
                    scalers=["identity", "amplification", "attenuation"], deg=deg, edge_dim=edge_dim)
+
+
+def _nnconv(hidden: int, edge_encoder: str, edge_channels: int) -> NNConv:
+    r"""NNConv ``hidden -> hidden`` with mean aggregation, :math:`m_i = W h_i + \mathrm{mean}_{j \in N(i)}
+    f(e_{ji}) h_j`, whose edge network :math:`f(e) = \mathrm{Lin}(\mathrm{ReLU}(\mathrm{enc}(e)))` maps each edge's
+    features to a ``hidden x hidden`` matrix (``enc``: linear map of float features or OGB's bond embedding)."""
+    edge_net = nn.Sequential(_edge_encoder(edge_encoder, edge_channels, EDGE_NET_HIDDEN), nn.ReLU(),
+                             nn.Linear(EDGE_NET_HIDDEN, hidden * hidden))
+    return NNConv(hidden, hidden, edge_net, aggr="mean")
 
 
 class GNNEncoder(nn.Module):
@@ -83,6 +99,11 @@ class GNNEncoder(nn.Module):
     ``virtual_node``), updated as :math:`v^{l+1} = v^l + \mathrm{MLP}(\sum_{n \in g} (h^l_n + v^l_g) + v^l)`.
     The last layer has no activation (as in the OGB baselines). The output combines the layer outputs by
     jumping knowledge (``last``, ``sum``, ``max`` or ``cat``).
+
+    ``conv="nnconv"`` is Gilmer et al.'s MPNN as in PyG's ``qm9_nn_conv`` example: :math:`h^0 =
+    \mathrm{ReLU}(\mathrm{enc}(x))`, then every round applies the *same* NNConv (one edge network, see
+    :func:`_nnconv`) and a GRU update, :math:`h^{l+1} = \mathrm{GRU}(\mathrm{ReLU}(\mathrm{conv}(h^l + v^l[b])),
+    h^l + v^l[b])`; the GRU's gate takes the place of ``norm`` and ``residual``, which it ignores.
 
     Args:
         in_channels: width of float node features (ignored for ``node_encoder="atom"``).
@@ -141,8 +162,9 @@ class GNNEncoder(nn.Module):
         if edge_encoder == "linear" and edge_channels < 1:
             raise ValueError("encoder.edge_channels: edge_encoder 'linear' needs edge_channels >= 1")
         uses_edges = conv in EDGE_CONVS and edge_encoder != "none"
-        if conv == "gine" and not uses_edges:
-            raise ValueError("encoder.conv: 'gine' needs edge features; the data has none, use 'gin'")
+        if conv in NEEDS_EDGES and not uses_edges:
+            raise ValueError(f"encoder.conv: {conv!r} needs edge features; the data has none, use 'gin'")
+        mpnn = conv == "nnconv"
 
         self.conv_name, self.hidden, self.num_layers = conv, hidden, num_layers
         self.residual, self.dropout, self.jk = residual, dropout, jk
@@ -150,10 +172,15 @@ class GNNEncoder(nn.Module):
         self.node_encoder = AtomEncoder(hidden) if node_encoder == "atom" else nn.Linear(in_channels, hidden)
         edge_dim = hidden if uses_edges else None
         self.edge_encoders = nn.ModuleList(
-            [_edge_encoder(edge_encoder, edge_channels, hidden) for _ in range(num_layers)] if uses_edges else []
+            [_edge_encoder(edge_encoder, edge_channels, hidden) for _ in range(num_layers)]
+            if uses_edges and not mpnn else []
         )
-        self.convs = nn.ModuleList(_make_conv(conv, hidden, edge_dim, heads, pna_deg) for _ in range(num_layers))
-        self.norms = nn.ModuleList(_norm(norm, hidden) for _ in range(num_layers))
+        if mpnn:  # one conv and one GRU shared by every round
+            self.convs = nn.ModuleList([_nnconv(hidden, edge_encoder, edge_channels)])
+        else:
+            self.convs = nn.ModuleList(_make_conv(conv, hidden, edge_dim, heads, pna_deg) for _ in range(num_layers))
+        self.gru = nn.GRUCell(hidden, hidden) if mpnn else None
+        self.norms = nn.ModuleList(_norm("none" if mpnn else norm, hidden) for _ in range(num_layers))
         self.virtual_node = nn.Embedding(1, hidden) if virtual_node else None
         # a norm in the virtual-node MLP: without one the summed pooling makes the virtual node explode early
         # on (first demo epoch's loss 2196). Batch norm (as in OGB) by default: layer norm normalises each
@@ -178,7 +205,10 @@ class GNNEncoder(nn.Module):
     def last_layer(self) -> nn.Module:
         """The last shared layer of weights, GradNorm's ``W``: the last conv, or for GIN/GINE its MLP's output
         ``Linear`` (the gradient there needs no backward through the rest of the conv, so ``T`` of them stay
-        cheap: GradNorm's step went from 2.0x to ~1.1x equal weighting's in ``benchmarks/step_time.py``)."""
+        cheap: GradNorm's step went from 2.0x to ~1.1x equal weighting's in ``benchmarks/step_time.py``); for
+        nnconv the GRU of the update."""
+        if self.gru is not None:
+            return self.gru
         last = self.convs[-1]
         return last.nn[-1] if isinstance(last, (GINConv, GINEConv)) else last
 
@@ -191,6 +221,8 @@ class GNNEncoder(nn.Module):
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         h = self.node_encoder(x if x.dtype == torch.long else x.float())
+        if self.gru is not None:
+            h = torch.relu(h)
         vn = None
         if self.virtual_node is not None:
             vn = self.virtual_node.weight.expand(num_graphs, -1)
@@ -198,11 +230,14 @@ class GNNEncoder(nn.Module):
         for layer in range(self.num_layers):
             h_in = h if vn is None else h + vn[batch]
             out = self._conv(layer, h_in, edge_index, edge_attr)
-            out = self.norms[layer](out)
-            if layer < self.num_layers - 1:
-                out = torch.relu(out)
+            if self.gru is not None:
+                out = self.gru(torch.relu(out), h_in)
+            else:
+                out = self.norms[layer](out)
+                if layer < self.num_layers - 1:
+                    out = torch.relu(out)
             out = nn.functional.dropout(out, self.dropout, self.training)
-            if self.residual:
+            if self.residual and self.gru is None:
                 out = out + h_in
             if vn is not None and layer < self.num_layers - 1:
                 pooled = global_add_pool(h_in, batch, size=num_graphs)
@@ -212,11 +247,13 @@ class GNNEncoder(nn.Module):
         return _jumping_knowledge(self.jk, outputs)
 
     def _conv(self, layer: int, h: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
-        conv = self.convs[layer]
+        conv = self.convs[0 if self.gru is not None else layer]
         if not self.uses_edges:
             return conv(h, edge_index)
         if edge_attr is None:
             raise ValueError(f"encoder: conv {self.conv_name!r} was built for edge features but the batch has none")
+        if self.gru is not None:  # nnconv encodes the edge features inside its edge network
+            return conv(h, edge_index, edge_attr)
         return conv(h, edge_index, self.edge_encoders[layer](edge_attr))
 
     def __repr__(self) -> str:

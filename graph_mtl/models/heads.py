@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
-from torch_geometric.nn.aggr import AttentionalAggregation
+from torch_geometric.nn.aggr import AttentionalAggregation, Set2Set
 
-POOLS: tuple[str, ...] = ("mean", "add", "max", "attention")
+POOLS: tuple[str, ...] = ("mean", "add", "max", "attention", "set2set")
+#: learned poolings that :class:`~graph_mtl.models.MultiTaskGNN` shares between its graph heads (part of the shared
+#: model, as in Gilmer et al.'s MPNN); ``attention`` stays one per head
+SHARED_LEARNED_POOLS: frozenset[str] = frozenset({"set2set"})
+#: LSTM steps of set2set (PyG's qm9_nn_conv example)
+SET2SET_STEPS = 3
 
 
 def mlp(in_channels: int, hidden: int, out_channels: int, num_layers: int, dropout: float) -> nn.Sequential:
@@ -48,35 +53,54 @@ class GraphHead(nn.Module):
     Args:
         in_channels: width of the node embeddings.
         out_channels: outputs per graph.
-        pool: ``"mean"``, ``"add"``, ``"max"`` or ``"attention"`` (a learned gate per node, softmax per graph).
+        pool: ``"mean"``, ``"add"``, ``"max"``, ``"attention"`` (a learned gate per node, softmax per graph) or
+            ``"set2set"`` (Vinyals et al.'s LSTM read-out of :data:`SET2SET_STEPS` steps, width ``2 * in``).
         hidden: width of the hidden layers.
         num_layers: linear layers of the MLP.
         dropout: dropout between the MLP's layers.
+        own_pool: build this head's own module of a learned pooling; ``False`` when the model pools for every
+            head (the head then needs ``pooled`` in :meth:`forward`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, pool: str = "mean", hidden: int = 128,
-                 num_layers: int = 2, dropout: float = 0.0) -> None:
+                 num_layers: int = 2, dropout: float = 0.0, own_pool: bool = True) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"head.pool: unknown value {pool!r}; choose one of {list(POOLS)}")
         self.pool_name = pool
-        self.attention = AttentionalAggregation(nn.Linear(in_channels, 1)) if pool == "attention" else None
-        self.mlp = mlp(in_channels, hidden, out_channels, num_layers, dropout)
+        self.pooling = make_pool(pool, in_channels) if own_pool else None
+        self.mlp = mlp(pooled_width(pool, in_channels), hidden, out_channels, num_layers, dropout)
 
     @property
     def learned_pool(self) -> bool:
-        """Whether the pooling has parameters of this head (attention); else every head pools alike."""
-        return self.attention is not None
+        """Whether the pooling has parameters of this head (attention, set2set); else every head pools alike."""
+        return self.pooling is not None
 
     def pool(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        if self.attention is not None:
-            return self.attention(h, batch, dim_size=num_graphs)
+        if self.pooling is not None:
+            return self.pooling(h, batch, dim_size=num_graphs)
+        if self.pool_name in SHARED_LEARNED_POOLS:
+            raise ValueError(f"head.pool: {self.pool_name!r} is pooled by the model; pass pooled= to the head")
         return pool_nodes(self.pool_name, h, batch, num_graphs)
 
     def forward(self, h: Tensor, batch: Tensor, num_graphs: int, pooled: Tensor | None = None) -> Tensor:
         """Predictions ``[num_graphs, out]``; ``pooled`` is this head's pooling of ``h`` computed elsewhere
         (shared by the heads when the pooling has no parameters)."""
         return self.mlp(self.pool(h, batch, num_graphs) if pooled is None else pooled)
+
+
+def make_pool(pool: str, width: int) -> nn.Module | None:
+    """The module of a learned pooling of ``width``-wide node embeddings; ``None`` for mean/add/max."""
+    if pool == "attention":
+        return AttentionalAggregation(nn.Linear(width, 1))
+    if pool == "set2set":
+        return Set2Set(width, processing_steps=SET2SET_STEPS)
+    return None
+
+
+def pooled_width(pool: str, width: int) -> int:
+    """Width of a graph embedding pooled by ``pool`` from ``width``-wide node embeddings (set2set doubles it)."""
+    return 2 * width if pool == "set2set" else width
 
 
 def pool_nodes(pool: str, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:

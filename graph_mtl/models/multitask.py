@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from graph_mtl.models.encoder import GNNEncoder
-from graph_mtl.models.heads import GraphHead, NodeHead, pool_nodes
+from graph_mtl.models.heads import SHARED_LEARNED_POOLS, GraphHead, NodeHead, make_pool, pool_nodes
 from graph_mtl.tasks import Task
 
 
@@ -59,7 +60,8 @@ class MultiTaskGNN(nn.Module):
     Args:
         encoder: the shared encoder.
         tasks: the tasks; a head of ``task.num_outputs`` outputs is built for each.
-        pool: graph pooling of the graph heads.
+        pool: graph pooling of the graph heads; a pooling in
+            :data:`~graph_mtl.models.heads.SHARED_LEARNED_POOLS` (set2set) is one module of the shared model.
         head_hidden: hidden width of the heads (default: the encoder's width).
         head_layers: linear layers per head.
         head_dropout: dropout inside the heads.
@@ -73,16 +75,20 @@ class MultiTaskGNN(nn.Module):
         width = encoder.out_channels
         hidden = head_hidden or encoder.hidden
         heads: dict[str, nn.Module] = {}
+        shared_learned = pool in SHARED_LEARNED_POOLS
         for task in self.tasks:
             if task.level == "node":
                 heads[task.name] = NodeHead(width, task.num_outputs, hidden, head_layers, head_dropout)
             else:
-                heads[task.name] = GraphHead(width, task.num_outputs, pool, hidden, head_layers, head_dropout)
+                heads[task.name] = GraphHead(width, task.num_outputs, pool, hidden, head_layers, head_dropout,
+                                             own_pool=not shared_learned)
         self._keys = {name: head_key(name) for name in heads}
         self.heads = nn.ModuleDict({self._keys[name]: head for name, head in heads.items()})
         self.pool = pool
         graph_heads = [h for h in heads.values() if isinstance(h, GraphHead)]
-        # pool once for every graph head when the pooling has no parameters (also one backward through it)
+        self.graph_pool = make_pool(pool, width) if shared_learned and graph_heads else None
+        # pool once for every graph head when the pooling has no parameters of a head (also one backward through
+        # it)
         self._shared_pool = bool(graph_heads) and not any(h.learned_pool for h in graph_heads)
         self._graph_only = len(graph_heads) == len(heads)
 
@@ -96,7 +102,7 @@ class MultiTaskGNN(nn.Module):
         if batch_vec is None:
             batch_vec = batch.x.new_zeros(batch.x.size(0), dtype=batch.edge_index.dtype)
         h = self.encoder(batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
-        pooled = pool_nodes(self.pool, h, batch_vec, num_graphs) if self._shared_pool else None
+        pooled = self._pool(h, batch_vec, num_graphs) if self._shared_pool else None
         preds = {}
         for name, key in self._keys.items():
             head = self.heads[key]
@@ -104,9 +110,16 @@ class MultiTaskGNN(nn.Module):
                            else head(h, batch_vec, num_graphs))
         return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=self._graph_only)
 
+    def _pool(self, h: Tensor, batch_vec: Tensor, num_graphs: int) -> Tensor:
+        if self.graph_pool is not None:
+            return self.graph_pool(h, batch_vec, dim_size=num_graphs)
+        return pool_nodes(self.pool, h, batch_vec, num_graphs)
+
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the shared encoder (what gradient balancers act on)."""
-        return self.encoder.parameters()
+        """Parameters of the shared encoder and shared pooling (what gradient balancers act on)."""
+        if self.graph_pool is None:
+            return self.encoder.parameters()
+        return itertools.chain(self.encoder.parameters(), self.graph_pool.parameters())
 
     def head(self, name: str) -> nn.Module:
         """The head of task ``name``."""
