@@ -403,7 +403,7 @@ def load_checkpoint_file(path: Path, device: torch.device) -> LoadedRun:
     from graph_mtl.run import model_from_inputs
 
     try:
-        state = load_checkpoint(path, device)
+        state = load_checkpoint(path, device, required=("model",))
     except Exception as error:  # torch raises many kinds on a truncated or foreign file
         first = (str(error).splitlines() or [""])[0][:120]
         raise ValueError(f"RUN: {path} cannot be read as a checkpoint ({type(error).__name__}: {first}); it is "

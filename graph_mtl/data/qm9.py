@@ -44,7 +44,8 @@ from torch_geometric.datasets.qm9 import HAR2EV, atomrefs
 
 from graph_mtl.config import DataConfig
 from graph_mtl.data.base import SPLITS, MultiTaskDataset
-from graph_mtl.data.molecules import default_cache_dir, load_payload, save_atomic
+from graph_mtl.data.molecules import default_cache_dir, load_payload
+from graph_mtl.engine.checkpoint import atomic_save
 from graph_mtl.tasks import Task
 
 #: task name -> (PyG ``QM9.y`` column, unit), in model order
@@ -252,7 +253,7 @@ def _qm9pack_splits(cfg: DataConfig) -> tuple[dict[str, list[Data]], dict]:
                 if not bonded:
                     payload["without_bonds"].append(int(graph.idx))
             payload[name] = graphs
-        save_atomic(payload, path)
+        atomic_save(payload, path)
     splits = {name: [Data(**fields) for fields in payload[name]] for name in SPLITS}
     info = {"source": f"qm9pack CSV files in {folder}", "cache_file": str(path), "molecules": payload["n"],
             "without_bonds": payload["without_bonds"]}

@@ -75,10 +75,12 @@ def remove_temp_files(folder: str | Path) -> list[Path]:
     return stray
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = ("model", "optimizer", "epoch", "step")) -> dict[str, Any]:
     """Read a checkpoint written by the trainer with ``weights_only=True`` (tensors, containers, numbers and the
     :data:`SAFE_GLOBALS` only: a checkpoint cannot run code); a missing, truncated, foreign or unsafe file is a
-    one-line :class:`CheckpointError`."""
+    one-line :class:`CheckpointError`. ``required``: the entries it must hold (a model-only file for inference
+    needs ``("model",)``)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"--resume: {str(path)!r} is a folder; give a .pt file written by a run (e.g. "
@@ -98,7 +100,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             why = "it is truncated, damaged or not a PyTorch checkpoint"
         raise CheckpointError(f"--resume: cannot read {str(path)!r}: {why}; give a last.pt or best.pt written "
                               "by graph-mtl train") from None
-    missing = [k for k in ("model", "optimizer", "epoch", "step") if not isinstance(state, dict) or k not in state]
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"--resume: {str(path)!r} is not a graph_mtl training checkpoint (no {missing}); "
                               "give a last.pt or best.pt written by graph-mtl train")
