@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from torch_geometric.data import Data
 
-from graph_mtl.data.csv_dataset import read_rows
-from graph_mtl.engine.checkpoint import atomic_write_text
+from graph_mtl.data.csv_dataset import parse_label, read_rows
+from graph_mtl.engine.checkpoint import atomic_write, atomic_write_text
 from graph_mtl.tasks import Task
 
 
@@ -55,23 +52,9 @@ def add_labels(tasks: Sequence[Task], header: list[str], rows: list[tuple[int, l
             y = getattr(graph, task.target)
             for j, column in enumerate(label_columns(task)):
                 at = header.index(column)
-                value = _label(cells[at] if at < len(cells) else "", column, line)
+                value = parse_label(cells[at] if at < len(cells) else "", column, line, "--input",
+                                    "fix the cell (leave it empty for a missing label)", float32=False)
                 y[0, task.columns[j] if task.columns else j] = value
-
-
-def _label(text: str, column: str, line: int) -> float:
-    """A label cell: NaN when empty or ``nan``, else a finite number (or a one-line error naming the cell)."""
-    text = text.strip()
-    if not text or text.lower() == "nan":
-        return math.nan
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.inf
-    if not math.isfinite(value):
-        raise ValueError(f"--input: column {column!r}, line {line}: {text!r} is not a finite number; fix the cell "
-                         "(leave it empty for a missing label)")
-    return value
 
 
 def write_table(table: dict[str, list], path: str | Path) -> None:
@@ -85,19 +68,7 @@ def write_table(table: dict[str, list], path: str | Path) -> None:
 
 def write_arrays(path: str | Path, **arrays: np.ndarray) -> None:
     """One array as ``.npy`` or several as ``.npz``, written atomically."""
-    buffer = io.BytesIO()
     if len(arrays) == 1:
-        np.save(buffer, next(iter(arrays.values())))
+        atomic_write(path, lambda handle: np.save(handle, next(iter(arrays.values()))), binary=True)
     else:
-        np.savez(buffer, **arrays)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+        atomic_write(path, lambda handle: np.savez(handle, **arrays), binary=True)

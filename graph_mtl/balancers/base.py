@@ -1,6 +1,6 @@
 """The balancer contract.
 
-A balancer turns the task losses of one step into gradients on the model. Two families (DESIGN.md):
+A balancer turns the task losses of one step into gradients on the model. Two families:
 
 * :class:`LossWeighting` maps the losses (and its own state) to weights ``w`` and the step is a single
   backward of ``sum_i w_i L_i`` - heads included.

@@ -16,7 +16,7 @@ Gramian ``G = J J^T`` and the losses: they implement :meth:`GradientBalancer.wei
 * ``"auto"``: ``"exact"`` - the method's definition needs the parameter gradients and exact is the fastest
   mode that computes them.
 
-In every mode heads get the plain gradient of their own task's loss (DESIGN.md: only shared parameters are
+In every mode heads get the plain gradient of their own task's loss (only shared parameters are
 modified), by one extra backward through the heads only (``task_params``; without it the head parameters are
 found by walking the autograd graph). Parameters outside the shared ones and the heads get nothing.
 

@@ -39,7 +39,7 @@ def gradnorm_loss(w: Tensor, norms: Tensor, ratios: Tensor, alpha: float) -> Ten
 
 @register("gradnorm")
 class GradNorm(Balancer):
-    """GradNorm (Chen et al. 2018), exact as in DESIGN.md.
+    """GradNorm (Chen et al. 2018), exact as in the module docstring.
 
     Args:
         alpha: the asymmetry ``alpha`` of the target ``Gbar r_i^alpha``.

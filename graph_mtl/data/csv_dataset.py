@@ -100,8 +100,11 @@ def _check_kinds(kinds: dict[str, str], columns: list[str]) -> None:
                              f"choose one of {list(LABEL_KINDS)}")
 
 
-def _parse_label(text: str, column: str, line: int) -> float:
-    """A label cell as a float: ``NaN`` if empty or ``nan``, else a finite number (or a one-line error)."""
+def parse_label(text: str, column: str, line: int, field: str = "data.label_columns",
+                fix: str = "fix the cell (leave it empty for a missing label) or drop the column",
+                float32: bool = True) -> float:
+    """A label cell as a float: ``NaN`` if empty or ``nan``, else a finite number (within float32 when
+    ``float32``), or a one-line error naming ``field``, the column and the line, and saying ``fix``."""
     text = text.strip()
     if not text or text.lower() == "nan":
         return math.nan
@@ -110,10 +113,10 @@ def _parse_label(text: str, column: str, line: int) -> float:
     except ValueError:
         value = math.inf
     if not math.isfinite(value):
-        raise ValueError(f"data.label_columns: column {column!r}, line {line}: {text!r} is not a finite number; "
-                         "fix the cell (leave it empty for a missing label) or drop the column")
-    if abs(value) >= FLOAT32_MAX:
-        raise ValueError(f"data.label_columns: column {column!r}, line {line}: {text!r} is beyond the float32 range "
+        raise ValueError(f"{field}: column {column!r}, line {line}: {text!r} is not a finite number; "
+                         f"{fix}")
+    if float32 and abs(value) >= FLOAT32_MAX:
+        raise ValueError(f"{field}: column {column!r}, line {line}: {text!r} is beyond the float32 range "
                          f"(|y| < {FLOAT32_MAX:.3g}) the model trains in; rescale the column")
     return value
 
@@ -177,7 +180,7 @@ def load_csv(cfg: DataConfig) -> MultiTaskDataset:
                                  f"{width}; quote cells that contain commas or fix the row")
             read += 1
             cells = cells + [""] * (width - len(cells))
-            y = [_parse_label(cells[i], name, line) for i, name in zip(label_at, columns)]
+            y = [parse_label(cells[i], name, line) for i, name in zip(label_at, columns)]
             smiles = cells[smiles_at].strip()
             graph, _ = molecule_graph(smiles)
             if graph is None:
