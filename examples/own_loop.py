@@ -5,7 +5,7 @@ from torch import nn
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GINConv, global_mean_pool
 
-from graph_mtl import create, task_losses
+from graph_mtl import StepEngine, create, task_losses
 from graph_mtl.data import load_embedded
 
 
@@ -29,7 +29,7 @@ def main(steps: int = 200, limit: int | None = None, cache_dir=None, seed: int =
     tasks = [t for t in dataset.tasks if t.name in ("logp", "gasteiger")]
     model = TwoHeadGIN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    balancer = create("pcgrad", [t.name for t in tasks], grad_mode="exact", seed=seed)
+    balancer = StepEngine(create("pcgrad", [t.name for t in tasks], seed=seed), grad_mode="exact")
     shared = [p for name, p in model.named_parameters() if name.startswith(("embed", "convs"))]
     history = []
     loader = DataLoader(dataset.splits["train"], batch_size=64, shuffle=True,

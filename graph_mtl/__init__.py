@@ -15,8 +15,9 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "BALANCERS": "graph_mtl.balancers", "Balancer": "graph_mtl.balancers", "LossWeighting": "graph_mtl.balancers",
-    "PCGrad": "graph_mtl.balancers", "create": "graph_mtl.balancers",
+    "BALANCERS": "graph_mtl.balancers", "Method": "graph_mtl.balancers", "LossWeighting": "graph_mtl.balancers",
+    "GramianWeighting": "graph_mtl.balancers", "Aggregator": "graph_mtl.balancers", "create": "graph_mtl.balancers",
+    "PCGrad": "graph_mtl.dropin", "StepEngine": "graph_mtl.engine.step",
     "GNNEncoder": "graph_mtl.models", "GraphHead": "graph_mtl.models", "MultiTaskGNN": "graph_mtl.models",
     "NodeHead": "graph_mtl.models",
     "Task": "graph_mtl.tasks", "task_losses": "graph_mtl.tasks",

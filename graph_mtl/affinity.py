@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from graph_mtl.balancers.gradients import JacobianEngine, trainable
+from graph_mtl.engine.gradients import JacobianEngine, trainable
 from graph_mtl.engine.monitor import conflict_stats
 from graph_mtl.tasks import Scalers, Task, task_losses
 

@@ -304,6 +304,7 @@ def _parse_seeds(text: str) -> list[int]:
 
 def _list() -> int:
     from graph_mtl.balancers import BALANCERS
+    from graph_mtl.balancers.base import FAMILIES as FAMILY_ORDER
     from graph_mtl.data.registry import DATASETS
     from graph_mtl.models import CONVS, POOLS
 
@@ -312,7 +313,9 @@ def _list() -> int:
         print(f"  {name:<12} {text}")
     print(f"encoders (model.conv): {', '.join(CONVS)}")
     print(f"pooling (model.pool): {', '.join(POOLS)}")
-    print(f"balancers (train.balancer): {', '.join(sorted(BALANCERS))}")
+    print("balancers (train.balancer), by the kind of input they read:")
+    for name, cls in sorted(BALANCERS.items(), key=lambda kv: (FAMILY_ORDER.index(kv[1].family), kv[0])):
+        print(f"  {name:<12} {cls.family:<10} {cls.paper}")
     return 0
 
 

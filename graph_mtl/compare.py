@@ -120,7 +120,8 @@ def run_configs(plan: Plan) -> dict[tuple[str, int], tuple[Path, Config]]:
         if task in plan.known:
             continue
         data = dataclasses.replace(base.data, tasks=[task])
-        train = dataclasses.replace(base.train, balancer="ew", balancer_args={}, grad_mode=None, update_every=None)
+        train = dataclasses.replace(base.train, balancer="ew", balancer_args={}, grad_mode=None, update_every=None,
+                                    chunk_size=None)
         runs[(f"{SINGLE}/{task}", plan.seeds[0])] = (plan.out / "single" / task,
                                                       dataclasses.replace(base, seed=plan.seeds[0], data=data,
                                                                           train=train))

@@ -100,13 +100,16 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     min_lr: float = 0.0
-    warmup_epochs: int = 0
     grad_clip: float | None = 5.0
     amp: str = "none"
     balancer: str = "ew"
     balancer_args: dict[str, Any] = field(default_factory=dict)
     grad_mode: str | None = None
     update_every: int | None = None
+    #: tasks per batched vector-Jacobian product of a gradient method (None: all at once)
+    chunk_size: int | None = None
+    #: a NaN or infinite task loss: ``raise`` (stop, naming the task and step) or ``skip`` the step (counted)
+    nonfinite: str = "raise"
     monitor: str = "gain"
     patience: int | None = None
     standardize_targets: bool = True
@@ -143,7 +146,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.jk": ("last", "sum", "max", "cat"),
     "model.pool": ("mean", "add", "max", "attention", "set2set"),
     "model.vn_norm": ("batch", "layer"),
-    "train.grad_mode": ("exact", "rep", "auto", None),
     "train.amp": ("none", "bf16", "fp16"),
     "train.monitor_mode": ("rep", "exact"),
     "data.task_view": ("columns", "multilabel"),
@@ -158,10 +160,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE: tuple[str, ...] = (
     "data.batch_size", "data.parts_per_batch", "model.hidden", "model.num_layers", "model.heads", "model.head_layers",
     "train.epochs", "data.limit", "model.head_hidden", "train.max_steps_per_epoch", "train.update_every",
+    "train.chunk_size",
 )
 #: keys that must be >= 0
 NON_NEGATIVE: tuple[str, ...] = (
-    "seed", "data.split_seed", "data.num_workers", "train.weight_decay", "train.warmup_epochs",
+    "seed", "data.split_seed", "data.num_workers", "train.weight_decay",
 )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -13,31 +12,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch_geometric.loader import DataLoader
 from torch_geometric.utils import degree
 
-from graph_mtl.balancers import BALANCERS, Balancer, GradientBalancer
 from graph_mtl.balancers import create as create_balancer
+from graph_mtl.balancers.args import ArgumentError
+from graph_mtl.balancers.registry import check_name
 from graph_mtl.config import Config, ModelConfig, TrainConfig
 from graph_mtl.data.base import MultiTaskDataset, is_single_graph
 from graph_mtl.data.neighbor import check_fanout, neighbor_loaders
 from graph_mtl.data.partition import partition_loaders
 from graph_mtl.data.registry import featuriser_for, load_dataset, summary_for
-from graph_mtl.data.sharding import per_process_batch, shard_node_dataset, sharded_graph_loaders
+from graph_mtl.data.sharding import graph_loaders, per_process_batch, shard_node_dataset
 from graph_mtl.engine.checkpoint import atomic_write_text, seed_everything
 from graph_mtl.engine.distributed import GradientSync, init_distributed, is_main_process, local_device
 from graph_mtl.engine.metadata import run_metadata
 from graph_mtl.engine.metrics import better, trivial_baseline
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.run_folder import RunFolder, check_out_dir
+from graph_mtl.engine.step import StepEngine
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS, NEEDS_EDGES
 from graph_mtl.tasks import MAXIMISED_METRICS, Task
 
 #: how the library's errors name what they are about (the arguments of its classes) -> the config keys a user sets
-CONFIG_KEYS: dict[str, str] = {"encoder.": "model.", "balancer_args": "train.balancer_args",
-                               "balancer:": "train.balancer:"}
+CONFIG_KEYS: dict[str, str] = {"encoder.": "model.", "balancer:": "train.balancer:"}
+#: the step engine's settings in ``train`` (the rest of a balancer's arguments are ``train.balancer_args``)
+ENGINE_SETTINGS = ("grad_mode", "update_every", "chunk_size")
 
 
 @contextmanager
@@ -93,32 +94,29 @@ def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task
                         head_layers=cfg.head_layers, head_dropout=cfg.dropout)
 
 
-def build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
-    """The configured balancer; ``train.grad_mode`` / ``train.update_every`` are passed on when set. A gradient
-    balancer for fewer than two tasks (it would silently run as equal weighting) is a one-line error."""
+def build_balancer(cfg: TrainConfig, task_names: list[str]) -> StepEngine:
+    """The configured method inside its step engine (``train.grad_mode``, ``update_every``, ``chunk_size``,
+    ``nonfinite``). A gradient method for fewer than two tasks (it would silently run as equal weighting) is a
+    one-line error; so is a method or engine argument, named by its config key."""
     with config_key_errors():
-        return _build_balancer(cfg, task_names)
-
-
-def _build_balancer(cfg: TrainConfig, task_names: list[str]) -> Balancer:
-    args = dict(cfg.balancer_args)
-    if cfg.balancer not in BALANCERS:
-        return create_balancer(cfg.balancer, task_names, **args)  # raises the unknown-name error
-    if len(task_names) < 2 and issubclass(BALANCERS[cfg.balancer], GradientBalancer):
+        cls = check_name(cfg.balancer)
+    if len(task_names) < 2 and cls.family in ("gramian", "aggregator"):
         raise ValueError(f"train.balancer: {cfg.balancer!r} balances the gradients of several tasks, but there is "
                          f"{len(task_names)} task ({', '.join(task_names)}): with data.task_view: multilabel all label "
                          "columns are one task; set data.task_view: columns, or train.balancer: ew")
-    accepted = inspect.signature(BALANCERS[cfg.balancer].__init__).parameters
-    for key in ("grad_mode", "update_every"):
-        value = getattr(cfg, key)
-        if value is None:
-            continue
-        if key in args and args[key] != value:
-            raise ValueError(f"train.{key}: {value!r} contradicts train.balancer_args.{key}={args[key]!r}; keep one")
-        if key not in accepted:
-            raise ValueError(f"train.{key}: balancer {cfg.balancer!r} has no {key} (only gradient methods do)")
-        args[key] = value
-    return create_balancer(cfg.balancer, task_names, **args)
+    settings = {key: getattr(cfg, key) for key in ENGINE_SETTINGS if getattr(cfg, key) is not None}
+    moved = [key for key in cfg.balancer_args if key in ENGINE_SETTINGS]
+    if moved:
+        raise ValueError(f"train.balancer_args.{moved[0]}: a setting of the step engine, not of the method; "
+                         f"set train.{moved[0]} instead")
+    try:
+        method = create_balancer(cfg.balancer, task_names, **cfg.balancer_args)
+    except ArgumentError as error:
+        raise ValueError(f"train.balancer_args.{error}") from None
+    try:
+        return StepEngine(method, nonfinite=cfg.nonfinite, **settings)
+    except ArgumentError as error:
+        raise ValueError(f"train.{error}") from None
 
 
 def degree_histogram(graphs: list) -> torch.Tensor:
@@ -134,13 +132,9 @@ def degree_histogram(graphs: list) -> torch.Tensor:
 
 
 def build_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, num_workers: int = 0) -> dict[str, Any]:
-    """A shuffling training loader (its generator reseeded every epoch) and ordered valid/test loaders."""
-    generator = torch.Generator().manual_seed(seed)
-    loaders = {"train": DataLoader(dataset.splits["train"], batch_size=batch_size, shuffle=True,
-                                   generator=generator, num_workers=num_workers)}
-    for split in ("valid", "test"):
-        loaders[split] = DataLoader(dataset.splits[split], batch_size=batch_size, num_workers=num_workers)
-    return loaders
+    """One process's loaders: a shuffling training loader (its order reseeded every epoch, the same order as
+    the global batches of a data-parallel run) and ordered valid/test loaders (``data/sharding.py``)."""
+    return graph_loaders(dataset, batch_size, seed, num_workers=num_workers)
 
 
 def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
@@ -269,9 +263,9 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
     if data.loader == "partition":
         return partition_loaders(dataset, data.num_parts, data.parts_per_batch, config.model.num_layers,
                                  data.batch_size, config.seed, data.partition, data.num_workers, data.sampler)
-    if sync is not None and not is_single_graph(dataset):
-        return sharded_graph_loaders(dataset, data.batch_size, config.seed, rank, world, data.num_workers)
-    return build_loaders(dataset, data.batch_size, config.seed, data.num_workers)
+    if is_single_graph(dataset):  # every process holds the graph; its node masks are the shards
+        return build_loaders(dataset, data.batch_size, config.seed, data.num_workers)
+    return graph_loaders(dataset, data.batch_size, config.seed, rank, world, data.num_workers)
 
 
 def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,

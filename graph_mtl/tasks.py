@@ -25,7 +25,6 @@ Kind = Literal["binary", "multiclass", "multilabel", "regression"]
 
 LEVELS: tuple[str, ...] = ("node", "graph")
 KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")
-LOSS_NORMALISATION = "mean-per-task"
 
 DEFAULT_LOSS: dict[str, str] = {
     "binary": "bce",

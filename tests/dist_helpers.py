@@ -14,6 +14,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 from conftest import SMILES, TINY_TASKS, molecule
+from test_balancer_common import make
 from torch_geometric.data import Batch
 
 from graph_mtl.balancers import create as create_balancer
@@ -60,15 +61,14 @@ def train_shards(rank: int, world_size: int, cases: dict[str, tuple], out: str, 
         model = tiny_model(tasks)
         sync = GradientSync(rank, world_size) if world_size > 1 else None
         cfg = TrainConfig(lr=0.01, progress=False)
-        trainer = Trainer(model, create_balancer(balancer, [t.name for t in tasks], **args), cfg, graphs,
-                          sync=sync)
+        trainer = Trainer(model, make(balancer, [t.name for t in tasks], **args), cfg, graphs, sync=sync)
         weights = []
         for step in range(steps):
             batch = graphs[(step % 2) * 8:(step % 2 + 1) * 8]
             _, w = trainer.train_step(Batch.from_data_list(batch[rank::world_size]))
             weights.append(w)
         saved[name] = {"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                       "balancer": trainer.balancer.state_dict(), "weights": torch.stack(weights),
+                       "balancer": trainer.engine.state_dict()["method"], "weights": torch.stack(weights),
                        "collectives": sync.summary() if sync is not None else {}}
     if rank == 0:
         torch.save(saved, out)

@@ -127,14 +127,12 @@ CONFIG_CASES = [
     ("monitor_every_0", ["--set", "train.monitor_every=0"], "train.monitor_every"),
     ("patience_0", ["--set", "train.patience=0"], "train.patience"),
     ("update_every_0", ["--set", "update_every=0"], "train.update_every"),
-    ("warmup_negative", ["--set", "train.warmup_epochs=-1"], "train.warmup_epochs"),
     ("optimizer", ["--set", "train.optimizer=adamx"], "train.optimizer"),
     ("scheduler", ["--set", "train.scheduler=linear"], "train.scheduler"),
     ("norm", ["--set", "model.norm=group"], "model.norm"),
     ("jk", ["--set", "model.jk=mean"], "model.jk"),
     ("pool", ["--set", "model.pool=sum"], "model.pool"),
     ("vn_norm", ["--set", "model.vn_norm=none"], "model.vn_norm"),
-    ("grad_mode", ["--set", "grad_mode=fast"], "train.grad_mode"),
     ("amp", ["--set", "train.amp=fp8"], "train.amp"),
     ("monitor_mode", ["--set", "train.monitor_mode=full"], "train.monitor_mode"),
     ("task_view", ["--set", "data.task_view=rows"], "data.task_view"),
@@ -183,6 +181,8 @@ FLAG_CASES = [
 ]
 # found once the dataset is loaded: run with --overwrite (which must not have removed anything yet)
 DATA_CASES = [
+    ("nonfinite", ["--set", "train.nonfinite=ignore"], "train.nonfinite"),
+    ("grad_mode", ["--set", "grad_mode=fast"], "train.grad_mode"),
     ("dataset_unknown", ["--set", "dataset=nope"], "data.name"),
     ("csv_unset", ["--set", "csv=null"], "data.csv"),
     ("csv_missing", ["--set", "csv={root}/missing.csv"], "data.csv"),

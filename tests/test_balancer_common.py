@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from graph_mtl.balancers import BALANCERS, GradientBalancer
+from graph_mtl.balancers import BALANCERS, create
+from graph_mtl.engine.step import StepEngine
 
 NAMES = ["a", "b", "c"]
 
@@ -48,11 +49,11 @@ def losses_of(model: TinyMTL, x: Tensor, y: dict[str, Tensor],
     return {n: ((preds[n] - y[n]) ** 2).mean() for n in names}, z
 
 
-def step(balancer, model: TinyMTL, x: Tensor, y: dict[str, Tensor], names=None) -> Tensor:
+def step(engine: StepEngine, model: TinyMTL, x: Tensor, y: dict[str, Tensor], names=None) -> Tensor:
     """One trainer-style call (after zero_grad); returns the weights."""
     model.zero_grad(set_to_none=True)
     losses, z = losses_of(model, x, y, names)
-    return balancer.backward(losses, shared_params=model.shared(), representation=z,
+    return engine.backward(losses, shared_params=model.shared(), representation=z,
                              task_params=model.task_params(), last_shared_params=model.last_shared())
 
 
@@ -77,13 +78,24 @@ def linear_losses(J: Tensor, theta: nn.Parameter, names=None, offset: float = 1.
 
 
 def gradient_methods() -> list[str]:
-    return sorted(n for n, cls in BALANCERS.items() if issubclass(cls, GradientBalancer))
+    """The methods that combine per-task gradients of the shared part (Gramian weightings, aggregators)."""
+    return sorted(n for n, cls in BALANCERS.items() if cls.family in ("gramian", "aggregator"))
+
+
+def exact_only(name: str) -> bool:
+    """Whether the method keeps per-parameter state, so that the engine refuses ``grad_mode="rep"``."""
+    return not getattr(BALANCERS[name], "allows_rep", True)
 
 
 #: constructor arguments that make every balancer deterministic in tests
 SEEDED = {"pcgrad": {"seed": 0}, "gradvac": {"seed": 0}, "graddrop": {"seed": 0}, "rlw": {"seed": 0}}
 
 
-def make(name: str, names=NAMES, **kwargs):
-    cls = BALANCERS[name]
-    return cls(names, **{**SEEDED.get(name, {}), **kwargs})
+#: the step engine's keyword arguments (the rest go to the method)
+ENGINE_ARGS = ("grad_mode", "update_every", "chunk_size", "nonfinite")
+
+
+def make(name: str, names=NAMES, **kwargs) -> StepEngine:
+    """The method ``name`` (seeded) inside a step engine; engine settings and method arguments mixed."""
+    settings = {k: kwargs.pop(k) for k in ENGINE_ARGS if k in kwargs}
+    return StepEngine(create(name, names, **{**SEEDED.get(name, {}), **kwargs}), **settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_balancer_common import NAMES, TinyMTL, batch, flat_grad, losses_of, step
+from test_balancer_common import NAMES, TinyMTL, batch, flat_grad, losses_of, make, step
 
 from graph_mtl.balancers import create
 from graph_mtl.balancers.gradnorm import gradnorm_loss
@@ -30,7 +30,7 @@ def hand_step(model: TinyMTL, x, y, w: torch.Tensor, initial: torch.Tensor | Non
 
 def test_two_steps_against_hand_computation() -> None:
     model, hand = TinyMTL(), TinyMTL()
-    balancer = create("gradnorm", NAMES, lr=0.1, optimizer="sgd", alpha=1.5)
+    balancer = make("gradnorm", NAMES, lr=0.1, optimizer="sgd", alpha=1.5)
     w, initial = torch.ones(3), None
     for seed in (1, 2):
         x, y = batch(seed)
@@ -39,8 +39,8 @@ def test_two_steps_against_hand_computation() -> None:
         assert torch.allclose(used, w, atol=1e-6)  # the network stepped with the weights before the update
         # L_grad reached the weights only: every parameter holds exactly grad sum_i w_i L_i
         assert torch.allclose(flat_grad(model.parameters()), network, atol=1e-6)
-        assert torch.allclose(balancer.initial, initial)  # L_i(0) = the first step's losses
-        assert torch.allclose(balancer.task_weights, w_next, atol=1e-6)
+        assert torch.allclose(balancer.method.initial, initial)  # L_i(0) = the first step's losses
+        assert torch.allclose(balancer.method.task_weights, w_next, atol=1e-6)
         w = w_next
 
 
@@ -57,12 +57,12 @@ def test_target_uses_plus_alpha() -> None:
 
 def test_weights_sum_to_t_after_every_step_and_absent_tasks() -> None:
     model = TinyMTL()
-    balancer = create("gradnorm", NAMES, lr=0.5)
+    balancer = make("gradnorm", NAMES, lr=0.5)
     for seed in range(5):
         x, y = batch(seed)
         names = NAMES if seed % 2 == 0 else ["a", "c"]
         w = step(balancer, model, x, y, names)
-        assert torch.isclose(balancer.task_weights.sum(), torch.tensor(3.0))
+        assert torch.isclose(balancer.method.task_weights.sum(), torch.tensor(3.0))
         assert torch.isfinite(w).all() and (names != NAMES) <= (w[1] == 0)
 
 
@@ -70,6 +70,6 @@ def test_needs_last_shared_params() -> None:
     model = TinyMTL()
     losses, _ = losses_of(model, *batch())
     with pytest.raises(ValueError, match="last_shared_params"):
-        create("gradnorm", NAMES).backward(losses, shared_params=model.shared())
+        make("gradnorm", NAMES).backward(losses, shared_params=model.shared())
     with pytest.raises(ValueError, match="alpha"):
         create("gradnorm", NAMES, alpha=-1)

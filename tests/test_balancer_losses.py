@@ -6,8 +6,6 @@ import pytest
 import torch
 from test_balancer_common import TinyMTL, batch, flat_grad, losses_of, make, step
 
-from graph_mtl.balancers import create
-
 NAMES = ["t0", "t1", "t2"]
 
 
@@ -33,7 +31,7 @@ def test_loss_weighting_scales_heads_too() -> None:
 
 
 def test_uncertainty_weighting_steps_the_log_variances() -> None:
-    uw = create("uw", NAMES, lr=0.1, optimizer="sgd")
+    uw = make("uw", NAMES, lr=0.1, optimizer="sgd")
     L = [0.5, 1.0, 4.0]
     w, grad = call(uw, L)
     assert torch.allclose(w, torch.ones(3))
@@ -42,11 +40,11 @@ def test_uncertainty_weighting_steps_the_log_variances() -> None:
     w, _ = call(uw, L)
     assert torch.allclose(w, torch.exp(-s))
     with pytest.raises(ValueError, match="lr"):
-        create("uw", NAMES, lr=0)
+        make("uw", NAMES, lr=0)
 
 
 def test_dwa_uses_the_ratio_of_epoch_means() -> None:
-    dwa = create("dwa", NAMES)
+    dwa = make("dwa", NAMES)
     for epoch_losses in ([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], [[0.5, 2.0, 6.0], [0.5, 2.0, 6.0]]):
         for values in epoch_losses:
             w, _ = call(dwa, values)
@@ -60,7 +58,7 @@ def test_dwa_uses_the_ratio_of_epoch_means() -> None:
 
 
 def test_rlw_is_a_seeded_softmax_of_normals() -> None:
-    rlw = create("rlw", NAMES, seed=5)
+    rlw = make("rlw", NAMES, seed=5)
     gen = torch.Generator().manual_seed(5)
     for _ in range(2):
         w, _ = call(rlw, [1.0, 2.0, 3.0])
@@ -70,7 +68,7 @@ def test_rlw_is_a_seeded_softmax_of_normals() -> None:
 
 
 def test_famo_weights_and_logit_update() -> None:
-    famo = create("famo", NAMES, lr=0.025, weight_decay=0.0)
+    famo = make("famo", NAMES, lr=0.025, weight_decay=0.0, estimate="next_batch")
     first, second = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.5, 2.0, 5.0])
     w, _ = call(famo, first.tolist())
     inv = (1 / 3) / first
@@ -84,19 +82,24 @@ def test_famo_weights_and_logit_update() -> None:
     assert torch.allclose(w, inv / inv.sum(), atol=1e-6)
 
 
-def test_famo_same_batch_update_replaces_the_lazy_one() -> None:
-    eager, lazy = create("famo", NAMES), create("famo", NAMES)
-    theta = torch.nn.Parameter(torch.zeros(2))
+def test_famo_same_batch_moves_the_logits_as_next_batch_would_with_the_same_losses() -> None:
+    """The paper's re-evaluation after the step (``after_step``) moves the logits by ``log L(before) -
+    log L(after)``; the free estimate does the same with the next batch's losses. Same numbers, same logits."""
+    eager, lazy = make("famo", NAMES), make("famo", NAMES, estimate="next_batch")
     call(eager, [1.0, 2.0, 4.0])
     call(lazy, [1.0, 2.0, 4.0])
-    eager.update(constant_losses([0.5, 2.0, 5.0], theta))  # re-evaluated after the optimizer step
-    w_eager, _ = call(eager, [0.7, 1.0, 3.0])
-    lazy._update(torch.tensor([0.5, 2.0, 5.0]), [0, 1, 2])
-    w_lazy, _ = call(lazy, [0.7, 1.0, 3.0])
-    assert torch.allclose(w_eager, w_lazy)
+    assert eager.wants_losses_after_step and not lazy.wants_losses_after_step
+    theta = torch.nn.Parameter(torch.zeros(2))
+    eager.after_step(constant_losses([0.5, 2.0, 5.0], theta))  # re-evaluated after the optimizer step
+    call(lazy, [0.5, 2.0, 5.0])
+    assert torch.allclose(eager.method.logits.value, lazy.method.logits.value)
+    assert not torch.equal(eager.method.logits.value, torch.zeros(3))
+    w_eager, _ = call(eager, [0.7, 1.0, 3.0])  # same batch: no move on the next step's losses
+    inv = torch.softmax(eager.method.logits.value, dim=0) / torch.tensor([0.7, 1.0, 3.0])
+    assert torch.allclose(w_eager, inv / inv.sum(), atol=1e-6)
 
 
 def test_fixed_weights() -> None:
-    w, grad = call(create("fixed", NAMES, weights={"t1": 2.0}, default=0.5), [1.0, 1.0, 1.0])
+    w, grad = call(make("fixed", NAMES, weights={"t1": 2.0}, default=0.5), [1.0, 1.0, 1.0])
     assert torch.equal(w, torch.tensor([0.5, 2.0, 0.5]))
     assert torch.allclose(grad, torch.full((2,), 0.5 + 4.0 + 1.5))

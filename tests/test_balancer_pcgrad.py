@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_balancer_common import NAMES, TinyMTL, batch, flat_grad, linear_losses, losses_of, make, step
 
-from graph_mtl.balancers import PCGrad, create
 from graph_mtl.balancers.pcgrad import random_orders
+from graph_mtl.dropin import PCGrad
 
 GOLDEN_J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 GOLDEN = torch.tensor([0.5848, 3.8012, 3.8012])
@@ -32,7 +32,7 @@ def reference_pcgrad(J: torch.Tensor, orders: torch.Tensor, reduction: str = "su
 def pcgrad_update(J: torch.Tensor, reduction: str = "sum",
                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     theta = torch.nn.Parameter(torch.zeros(J.shape[1], dtype=J.dtype))
-    w = create("pcgrad", [f"t{i}" for i in range(len(J))], reduction=reduction, seed=seed).backward(
+    w = make("pcgrad", [f"t{i}" for i in range(len(J))], reduction=reduction, seed=seed).backward(
         linear_losses(J, theta), shared_params=[theta])
     return theta.grad, w
 

@@ -48,6 +48,12 @@ def test_single_task_is_the_plain_gradient(name: str) -> None:
     g = torch.tensor([[3.0, -1.0, 0.5]])
     update, _ = run(name, g, **({"beta": 0.0} if name == "dbmtl" else {}))  # (losses are 1 here)
     factor = (1 + 0.5) / (1 + 0.5**2) if name == "cagrad" else 1.0  # CAGrad: (1 + c) / (1 + c^2)
+    if name == "nashmtl":  # alpha (G alpha) = 1 on the raw Gramian: the update has norm sqrt(t) = 1
+        factor = 1 / g.norm()
+    if name == "fairgrad":  # G w = w^(-1/alpha) with alpha = 1: w = |g|^-1
+        factor = 1 / g.norm()
+    if name == "moco":  # with its defaults (LibMTL's) one task's update is g / (2 |g|)
+        factor = 0.5 / g.norm()
     assert torch.allclose(update, factor * g[0], rtol=1e-5), update
 
 

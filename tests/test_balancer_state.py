@@ -9,7 +9,8 @@ import pytest
 import torch
 from test_balancer_common import NAMES, TinyMTL, batch, flat_grad, losses_of, make, step
 
-from graph_mtl.balancers import BALANCERS, PCGrad
+from graph_mtl.balancers import BALANCERS
+from graph_mtl.dropin import PCGrad
 
 ARGS = {"mgda": {"update_every": 2}, "nashmtl": {"update_every": 2}}
 

@@ -41,7 +41,7 @@ def test_resume_continues_to_more_epochs(tmp_path, capsys):
     [
         (["--set", "train.lrr=1"], "unknown key 'train.lrr'; did you mean 'train.lr'"),
         (["--set", "dataset=nope"], "data.name: unknown dataset 'nope'"),
-        (["--set", "balancer=nope"], "balancer: unknown name 'nope'"),
+        (["--set", "balancer=nope"], "train.balancer: unknown 'nope'"),
         (["--config", "missing.yaml"], "--config: file 'missing.yaml' does not exist"),
         (["--set", "dataset=sbm", "--set", "data.limit=100", "--set", "conv=gine"], "'gine' needs edge features"),
         ([*TINY, "--set", "data.tasks=[nope]"], "data.tasks: ['nope'] not in dataset"),

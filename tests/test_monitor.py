@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn.functional import cosine_similarity
 
 from graph_mtl.balancers import create
-from graph_mtl.balancers.gradients import JacobianEngine
 from graph_mtl.config import ConfigError, ModelConfig, TrainConfig, from_dict
+from graph_mtl.engine.gradients import JacobianEngine
 from graph_mtl.engine.monitor import ConflictMonitor, conflict_stats
 from graph_mtl.engine.trainer import Trainer
 from graph_mtl.run import build_loaders, build_model

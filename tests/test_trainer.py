@@ -7,6 +7,7 @@ import torch
 
 from graph_mtl.balancers import BALANCERS, create
 from graph_mtl.config import ModelConfig, TrainConfig
+from graph_mtl.engine.step import NonFiniteLoss, StepEngine
 from graph_mtl.engine.trainer import Trainer
 from graph_mtl.run import build_balancer, build_loaders, build_model
 
@@ -66,7 +67,7 @@ def test_early_stopping_stops_when_the_monitor_stalls(tiny_dataset, tmp_path):
 
 def test_fixed_weights_scale_the_loss(tiny_dataset):
     trainer = _trainer(tiny_dataset, None, epochs=1)
-    trainer.balancer = create("fixed", [t.name for t in tiny_dataset.tasks], weights={"size": 0.0})
+    trainer.engine = StepEngine(create("fixed", [t.name for t in tiny_dataset.tasks], weights={"size": 0.0}))
     loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
     _, weights = trainer.train_step(next(iter(loaders["train"])))
     assert weights[0] == 0.0 and weights[1] == 1.0
@@ -98,8 +99,12 @@ def test_every_balancer_trains_in_the_trainer_and_resumes(name, tiny_dataset, tm
 @pytest.mark.parametrize(
     "train, message",
     [
-        (dict(balancer="ew", grad_mode="rep"), "train.grad_mode: balancer 'ew' has no grad_mode"),
-        (dict(balancer="pcgrad", grad_mode="rep", balancer_args={"grad_mode": "exact"}), "contradicts"),
+        (dict(balancer="ew", grad_mode="rep"), "train.grad_mode: ew weights losses"),
+        (dict(balancer="pcgrad", balancer_args={"grad_mode": "exact"}),
+         "train.balancer_args.grad_mode: a setting of the step engine, not of the method; set train.grad_mode"),
+        (dict(balancer="pcgrad", balancer_args={"c": 1}), "train.balancer_args.c: not an argument of 'pcgrad'"),
+        (dict(balancer="cagrad", balancer_args={"c": -1}), "train.balancer_args.c: expected a number >= 0"),
+        (dict(balancer="pcgrad", update_every=0), "train.update_every: expected an int >= 1"),
     ],
 )
 def test_grad_mode_keys_are_checked(train, message):
@@ -110,6 +115,40 @@ def test_grad_mode_keys_are_checked(train, message):
 def test_grad_mode_and_update_every_reach_gradient_balancers():
     balancer = build_balancer(TrainConfig(balancer="pcgrad", grad_mode="rep", update_every=3), ["a", "b"])
     assert balancer.grad_mode == "rep" and balancer.update_every == 3
+
+
+def test_a_nan_loss_stops_naming_the_task_or_is_skipped_and_counted(tiny_dataset, tmp_path):
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    trainer = _trainer(tiny_dataset, None, epochs=1)
+    name = tiny_dataset.tasks[0].name
+    real = trainer._losses
+    trainer._losses = lambda preds, batch: {**real(preds, batch), name: torch.tensor(float("nan"))}
+    with pytest.raises(NonFiniteLoss, match=f"'{name}'"):
+        trainer.fit(loaders["train"], loaders["valid"])
+    skipping = _trainer(tiny_dataset, None, epochs=1, nonfinite="skip")
+    before = [p.detach().clone() for p in skipping.model.parameters()]
+    skipping._losses = trainer._losses
+    record = skipping.fit(loaders["train"], loaders["valid"])
+    assert record["skipped_steps"] == len(loaders["train"]) and skipping.step == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, skipping.model.parameters()))
+
+
+def test_famo_re_evaluates_the_step_batch_after_the_optimizer_step(tiny_dataset):
+    loaders = build_loaders(tiny_dataset, batch_size=5, seed=0)
+    batch = next(iter(loaders["train"]))
+    lazy = _trainer(tiny_dataset, None, epochs=1, balancer="famo")
+    lazy.engine.method.estimate = "next_batch"
+    lazy.train_step(batch)
+    trainer = _trainer(tiny_dataset, None, epochs=1, balancer="famo")
+    seen = []
+    trainer.engine.method.after_step = lambda before, after, index: seen.append((before, after))
+    losses, _ = trainer.train_step(batch)
+    (before, after), = seen
+    assert torch.allclose(before, torch.stack([v.detach().float() for v in losses.values()]))
+    assert not torch.equal(before, after)  # the same batch, after the weights moved
+    # the extra forward changed nothing else: same weights and batch-norm statistics as without it
+    for a, b in zip(lazy.model.state_dict().values(), trainer.model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

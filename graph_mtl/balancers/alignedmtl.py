@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from graph_mtl.balancers.gradient_method import GradientBalancer
+from graph_mtl.balancers.base import GramianWeighting
 from graph_mtl.balancers.registry import register
 
 
@@ -29,12 +29,11 @@ def aligned_mtl_weights(G: Tensor) -> Tensor:
     return (B.sum(dim=1) / t).to(G.dtype)
 
 
-@register("alignedmtl")
-class AlignedMTL(GradientBalancer):
+@register("alignedmtl", "Senushkin et al. 2023")
+class AlignedMTL(GramianWeighting):
     """Aligned-MTL (Senushkin et al. 2023): align the principal components of the task gradients.
 
     Args:
-        grad_mode, update_every, chunk_size: see :class:`GradientBalancer`.
     """
 
     def weights(self, gramian: Tensor, losses: Tensor, index: list[int]) -> Tensor:

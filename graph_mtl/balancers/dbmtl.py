@@ -19,37 +19,40 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from graph_mtl.balancers.gradient_method import GradientBalancer
-from graph_mtl.balancers.gradients import gradient_scale
-from graph_mtl.balancers.learned import check_positive
+from graph_mtl.balancers.args import number
+from graph_mtl.balancers.base import Aggregator
 from graph_mtl.balancers.registry import register
 
 
-@register("dbmtl")
-class DBMTL(GradientBalancer):
+@register("dbmtl", "Lin et al. 2023")
+class DBMTL(Aggregator):
     """DB-MTL (Lin et al. 2023): log losses and gradients scaled to the largest task gradient.
 
     Args:
         beta: moving-average rate of the log-loss gradients (0: none).
         beta_sigma: decay exponent of ``beta`` over steps.
         eps: added to the losses before the logarithm.
-        grad_mode, update_every, chunk_size: see :class:`GradientBalancer`.
     """
 
-    def __init__(self, task_names: Sequence[str], beta: float = 0.9, beta_sigma: float = 0.0,
-                 eps: float = 1e-8, grad_mode: str = "auto", update_every: int = 1,
-                 chunk_size: int | None = None) -> None:
-        super().__init__(task_names, grad_mode, update_every, chunk_size)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
-            raise ValueError(f"balancer_args.beta: expected a number in [0, 1), got {beta!r}")
-        if not beta_sigma >= 0:
-            raise ValueError(f"balancer_args.beta_sigma: expected a number >= 0, got {beta_sigma!r}")
-        if beta > 0 and self.grad_mode == "rep":
-            raise ValueError("balancer_args.beta: dbmtl with beta > 0 averages parameter gradients over "
-                             "steps and needs grad_mode='exact' (or beta=0)")
-        self.beta, self.beta_sigma, self.eps = float(beta), float(beta_sigma), check_positive("eps", eps)
+    def __init__(self, task_names: Sequence[str] | None = None, beta: float = 0.9, beta_sigma: float = 0.0,
+                 eps: float = 1e-8) -> None:
+        super().__init__(task_names)
+        self.beta = number("beta", beta, minimum=0, below=1)
+        self.beta_sigma = number("beta_sigma", beta_sigma, minimum=0)
+        self.eps = number("eps", eps, above=0)
         self.buffer: Tensor | None = None
         self.updates = 0
+
+    @property
+    def allows_rep(self) -> bool:
+        """With ``beta > 0`` the average is over parameter gradients, which needs ``grad_mode="exact"``."""
+        return self.beta == 0
+
+    rep_hint = "beta 0 keeps no average"
+
+    @property
+    def linear(self) -> bool:
+        return self.beta == 0
 
     def aggregate(self, J: Tensor, losses: Tensor, index: list[int]) -> tuple[Tensor, Tensor]:
         grads = J.float() / (losses + self.eps).unsqueeze(1)  # gradients of log(L_i + eps)
@@ -61,14 +64,15 @@ class DBMTL(GradientBalancer):
             rate = self.beta / self.updates**self.beta_sigma
             self.buffer[index] = grads + rate * (self.buffer[index] - grads)
             grads = self.buffer[index]
-        norms = (grads / gradient_scale(grads)).norm(dim=1)  # scaled: squares of 1e20 would overflow
+        scale = grads.abs().amax()
+        norms = (grads / torch.where(scale > 0, scale, 1.0)).norm(dim=1)  # scaled: squares of 1e20 would overflow
         alpha = torch.where(norms > 0, norms.max() / torch.where(norms > 0, norms, 1.0), 0.0)
         return alpha @ grads, alpha / (losses + self.eps)
 
-    def extra_state(self) -> dict:
+    def state_dict(self) -> dict:
         buffer = None if self.buffer is None else self.buffer.cpu().clone()
         return {"buffer": buffer, "updates": self.updates}
 
-    def load_extra_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.buffer = None if state["buffer"] is None else state["buffer"].clone()
         self.updates = int(state["updates"])

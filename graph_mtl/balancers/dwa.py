@@ -3,7 +3,7 @@ CVPR 2019).
 
 ``w_i(t) = T exp(r_i(t-1) / temperature) / sum_j exp(r_j(t-1) / temperature)`` with
 ``r_i(t-1) = L_i(t-1) / L_i(t-2)``, where ``L_i(e)`` is task ``i``'s mean training loss over epoch ``e``;
-``w = 1`` for the first two epochs. The trainer calls :meth:`on_epoch_end`; the weights are constant within an
+``w = 1`` for the first two epochs. The engine calls :meth:`on_epoch_end`; the weights are constant within an
 epoch. A task without loss in an epoch keeps ratio 1. Absent tasks get 0 (the others keep their weight).
 """
 
@@ -14,11 +14,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from graph_mtl.balancers.args import number
 from graph_mtl.balancers.base import LossWeighting
 from graph_mtl.balancers.registry import register
 
 
-@register("dwa")
+@register("dwa", "Liu et al. 2019")
 class DynamicWeightAveraging(LossWeighting):
     """DWA (Liu et al. 2019): softmax of the epoch-to-epoch ratios of mean losses.
 
@@ -26,11 +27,9 @@ class DynamicWeightAveraging(LossWeighting):
         temperature: the softmax temperature ``T`` (2 in the paper).
     """
 
-    def __init__(self, task_names: Sequence[str], temperature: float = 2.0) -> None:
+    def __init__(self, task_names: Sequence[str] | None = None, temperature: float = 2.0) -> None:
         super().__init__(task_names)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"balancer_args.temperature: expected a number > 0, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = number("temperature", temperature, above=0)
         self._sum = torch.zeros(self.num_tasks)
         self._count = torch.zeros(self.num_tasks)
         self.history: list[Tensor] = []  # mean losses of the last two epochs, oldest first

@@ -2,15 +2,15 @@
 
 Logits ``xi`` (``xi(0) = 0``), ``z = softmax(xi)``. The network descends ``sum_i z_i log L_i / c`` with
 ``c = sum_i z_i / L_i`` held constant, i.e. a loss weighting with ``w_i = z_i / (c L_i)`` (``L_i + eps``;
-the minimum losses of the paper are taken as 0). After the step the logits move along the observed change of
-the log losses: ``delta_i = log L_i(before) - log L_i(after)``, gradient ``d = (dz/dxi)^T delta``, stepped by
-the balancer's own Adam (``lr``, ``weight_decay`` = the paper's gamma).
+the minimum losses of the paper are taken as 0). After the optimizer step the logits move along the observed
+change of the log losses: ``delta_i = log L_i(before) - log L_i(after)``, gradient
+``d = (dz/dxi)^T delta = z * (delta - z . delta)``, stepped by the method's own Adam (``lr``,
+``weight_decay`` = the paper's gamma).
 
-The losses *after* the step: the paper evaluates the same batch again after ``optimizer.step()``. The trainer
-does not, so by default the update happens lazily at the start of the next ``backward`` with that step's
-losses (a fresh batch: a noisier but free estimate of the same change). A training loop that recomputes the
-losses on the same batch can call :meth:`FAMO.update` with them after the optimizer step; the lazy update is
-then skipped. Tasks absent at either of the two steps get ``delta = 0``.
+``estimate="same_batch"`` (the paper): the step's batch is evaluated again after the optimizer step and the
+engine hands both loss vectors to :meth:`FAMO.after_step` - one extra forward per step.
+``estimate="next_batch"``: the next step's losses (a fresh batch) stand in for the re-evaluation - free, but a
+noisier estimate of the same change. Tasks absent at either end get ``delta = 0``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from graph_mtl.balancers.args import choice, number
 from graph_mtl.balancers.base import LossWeighting
-from graph_mtl.balancers.learned import LearnedVector, check_positive
+from graph_mtl.balancers.learned import LearnedVector
 from graph_mtl.balancers.registry import register
 
+ESTIMATES = ("same_batch", "next_batch")
 
-@register("famo")
+
+@register("famo", "Liu et al. 2023")
 class FAMO(LossWeighting):
     """FAMO (Liu et al. 2023): adaptive loss weights from the observed decrease of the log losses.
 
@@ -33,42 +36,46 @@ class FAMO(LossWeighting):
         lr: learning rate of the logits' Adam.
         weight_decay: weight decay of the logits (the paper's gamma).
         eps: added to the losses before the logarithm and the division.
+        estimate: ``"same_batch"`` (the paper's re-evaluation) or ``"next_batch"`` (free estimate).
     """
 
-    def __init__(self, task_names: Sequence[str], lr: float = 0.025, weight_decay: float = 1e-3,
-                 eps: float = 1e-8) -> None:
+    def __init__(self, task_names: Sequence[str] | None = None, lr: float = 0.025, weight_decay: float = 1e-3,
+                 eps: float = 1e-8, estimate: str = "same_batch") -> None:
         super().__init__(task_names)
         self.logits = LearnedVector(torch.zeros(self.num_tasks), lr, "adam", weight_decay)
-        self.eps = check_positive("eps", eps)
-        self._prev: tuple[Tensor, list[int]] | None = None  # losses and present tasks of the last step
+        self.eps = number("eps", eps, above=0)
+        self.estimate = choice("estimate", estimate, ESTIMATES)
+        self._prev: tuple[Tensor, list[int]] | None = None  # next_batch: losses and present tasks of the last step
+
+    @property
+    def wants_losses_after_step(self) -> bool:
+        return self.estimate == "same_batch"
 
     def weights(self, losses: Tensor, index: list[int]) -> Tensor:
         losses = losses.float()
-        self._update(losses, index)
-        z = torch.softmax(self.logits.on(losses.device).detach()[index], dim=0)
+        if self.estimate == "next_batch":
+            if self._prev is not None:
+                self._move(*self._prev, losses, index)
+            self._prev = (losses.clone(), list(index))
+        z = torch.softmax(self.logits.on(losses.device)[index], dim=0)
         inv = z / (losses + self.eps)
-        self._prev = (losses.clone(), list(index))
         return inv / inv.sum()
 
-    def update(self, losses: dict[str, Tensor]) -> None:
-        """Move the logits with the losses of the last step's batch re-evaluated after the optimizer step."""
-        index, stacked = self.present(losses)
-        self._update(stacked.detach().float(), index)
+    def after_step(self, before: Tensor, after: Tensor, index: list[int]) -> None:
+        if self.estimate == "same_batch":
+            self._move(before.float(), index, after.float(), index)
 
-    def _update(self, losses: Tensor, index: list[int]) -> None:
-        if self._prev is None:
-            return
-        prev, prev_index = self._prev
-        self._prev = None
-        xi = self.logits.on(losses.device)
-        now = torch.full((self.num_tasks,), float("nan"), device=losses.device)
-        now[index] = losses
-        now = now[prev_index]
-        delta = torch.log(prev.to(now.device) + self.eps) - torch.log(now + self.eps)
+    def _move(self, before: Tensor, before_index: list[int], after: Tensor, after_index: list[int]) -> None:
+        """One Adam step of the logits along ``(dz/dxi)^T delta`` over the tasks present before."""
+        xi = self.logits.on(after.device)
+        now = torch.full((self.num_tasks,), float("nan"), device=after.device)
+        now[after_index] = after
+        now = now[before_index]
+        delta = torch.log(before.to(now.device) + self.eps) - torch.log(now + self.eps)
         delta = torch.where(torch.isnan(delta), torch.zeros_like(delta), delta)
-        z = torch.softmax(xi.detach()[prev_index], dim=0)
+        z = torch.softmax(xi[before_index], dim=0)
         grad = torch.zeros_like(xi)
-        grad[prev_index] = z * (delta - (z * delta).sum())  # (dz/dxi)^T delta
+        grad[before_index] = z * (delta - (z * delta).sum())
         self.logits.step(grad)
 
     def state_dict(self) -> dict:

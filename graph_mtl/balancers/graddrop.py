@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from graph_mtl.balancers.gradient_method import GradientBalancer
+from graph_mtl.balancers.args import number
+from graph_mtl.balancers.base import Aggregator
 from graph_mtl.balancers.registry import register
 from graph_mtl.balancers.rng import SeededGenerator
 
@@ -28,24 +29,18 @@ def graddrop_update(J: Tensor, uniform: Tensor, leak: float = 0.0) -> Tensor:
     return (J * (leak + (1 - leak) * keep.to(J.dtype))).sum(dim=0)
 
 
-@register("graddrop")
-class GradDrop(GradientBalancer):
+@register("graddrop", "Chen et al. 2020")
+class GradDrop(Aggregator):
     """GradDrop (Chen et al. 2020): keep, per coordinate, the gradients of one randomly chosen sign.
 
     Args:
         leak: fraction of every gradient always kept (0 in the paper's multitask setting).
         seed: seed of the uniform samples (``None``: from torch's global generator).
-        grad_mode, chunk_size: see :class:`GradientBalancer` (weights are never reused).
     """
 
-    linear = False
-
-    def __init__(self, task_names: Sequence[str], leak: float = 0.0, seed: int | None = None,
-                 grad_mode: str = "auto", chunk_size: int | None = None) -> None:
-        super().__init__(task_names, grad_mode, 1, chunk_size)
-        if isinstance(leak, bool) or not isinstance(leak, (int, float)) or not 0 <= leak <= 1:
-            raise ValueError(f"balancer_args.leak: expected a number in [0, 1], got {leak!r}")
-        self.leak = float(leak)
+    def __init__(self, task_names: Sequence[str] | None = None, leak: float = 0.0, seed: int | None = None) -> None:
+        super().__init__(task_names)
+        self.leak = number("leak", leak, minimum=0, maximum=1)
         self.rng = SeededGenerator(seed)
 
     def aggregate(self, J: Tensor, losses: Tensor, index: list[int]) -> tuple[Tensor, Tensor]:
@@ -54,8 +49,8 @@ class GradDrop(GradientBalancer):
         uniform = torch.rand(J.shape[1], generator=gen, device=gen.device)
         return graddrop_update(J, uniform, self.leak), torch.ones(len(index), device=J.device)
 
-    def extra_state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"rng": self.rng.state_dict()}
 
-    def load_extra_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.rng.load_state_dict(state["rng"])

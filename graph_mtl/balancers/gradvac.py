@@ -5,7 +5,7 @@ Like PCGrad's surgery (tasks ``j`` met in a fresh random order, against the ORIG
 target cosine similarity: with ``phi_ij = cos(g_i', g_j)`` and the target ``phihat_ij``, if
 ``phi_ij < phihat_ij`` then ``g_i' += ||g_i'|| (phihat sqrt(1 - phi^2) - phi sqrt(1 - phihat^2)) /
 (||g_j|| sqrt(1 - phihat^2)) g_j``; after every meeting ``phihat_ij <- (1 - beta) phihat_ij + beta phi_ij``
-(the paper's Algorithm 1 / Eq. 3; LibMTL moves the average only when the condition holds). ``phihat`` starts
+(the paper's Algorithm 1 / Eq. 3; LibMTL also moves the average at every meeting). ``phihat`` starts
 at 0, so the first step is PCGrad. One vector for the whole shared part (the paper also allows per-layer
 groups). Runs on the Gramian like :mod:`pcgrad`; the moving averages are checkpointed.
 """
@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from graph_mtl.balancers.gradient_method import GradientBalancer
+from graph_mtl.balancers.args import number
+from graph_mtl.balancers.base import GramianWeighting
 from graph_mtl.balancers.pcgrad import random_orders, surgery
 from graph_mtl.balancers.registry import register
 from graph_mtl.balancers.rng import SeededGenerator
@@ -39,37 +40,33 @@ def gradvac_weights(G: Tensor, orders: Tensor, target: Tensor, beta: float) -> T
     return surgery(G, orders, coefficient).sum(dim=0)
 
 
-@register("gradvac")
-class GradVac(GradientBalancer):
+@register("gradvac", "Wang et al. 2021")
+class GradVac(GramianWeighting):
     """GradVac (Wang et al. 2021): adaptive gradient alignment towards moving-average similarities.
 
     Args:
         beta: rate of the moving average of the cosine similarities (1e-2 in the paper).
         seed: seed of the permutations (``None``: from torch's global generator).
-        grad_mode, update_every, chunk_size: see :class:`GradientBalancer`.
     """
 
-    def __init__(self, task_names: Sequence[str], beta: float = 0.01, seed: int | None = None,
-                 grad_mode: str = "auto", update_every: int = 1, chunk_size: int | None = None) -> None:
-        super().__init__(task_names, grad_mode, update_every, chunk_size)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
-            raise ValueError(f"balancer_args.beta: expected a number in [0, 1], got {beta!r}")
-        self.beta = float(beta)
+    def __init__(self, task_names: Sequence[str] | None = None, beta: float = 0.01, seed: int | None = None) -> None:
+        super().__init__(task_names)
+        self.beta = number("beta", beta, minimum=0, maximum=1)
         self.rng = SeededGenerator(seed)
         self.target = torch.zeros(self.num_tasks, self.num_tasks)
 
     def weights(self, gramian: Tensor, losses: Tensor, index: list[int]) -> Tensor:
         idx = torch.tensor(index, device=gramian.device)
-        self.target = self.target.to(gramian.device)
+        self.target = self.target.to(gramian.device, gramian.dtype)
         local = self.target[idx][:, idx].clone()
         orders = random_orders(len(index), self.rng.get(gramian.device))
         w = gradvac_weights(gramian, orders, local, self.beta)
         self.target[idx.unsqueeze(1), idx.unsqueeze(0)] = local
         return w
 
-    def extra_state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"rng": self.rng.state_dict(), "target": self.target.cpu().clone()}
 
-    def load_extra_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.rng.load_state_dict(state["rng"])
         self.target = state["target"].clone()

@@ -1,63 +1,66 @@
 """A small learnable vector with its own optimizer (UW log-variances, GradNorm weights, FAMO logits).
 
-Such balancer parameters are not model parameters: the trainer's optimizer never sees them, gradient clipping
-of the model does not touch them, and the balancer steps them itself inside ``backward`` with the gradient its
-method defines. Their values and optimizer state are part of the balancer's ``state_dict``.
+Such balancer parameters are not model parameters: the trainer's optimizer never sees them and gradient
+clipping of the model does not touch them. The method steps them itself with the gradient its definition
+gives, by Adam (Kingma & Ba 2015, with L2 weight decay added to the gradient, as ``torch.optim.Adam``) or
+plain SGD, written out here so that a method stays pure tensor math. Values and moments are checkpointed.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from graph_mtl.balancers.args import choice, number
 
 OPTIMIZERS = ("adam", "sgd")
-
-
-def check_positive(name: str, value: float) -> float:
-    """``value`` as a float, or a one-line ``ValueError`` naming the balancer argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"balancer_args.{name}: expected a number > 0, got {value!r}")
-    return float(value)
+BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
 
 
 class LearnedVector:
-    """A vector ``[T]`` of balancer parameters stepped by its own ``adam`` or ``sgd`` optimizer.
+    """A vector ``[T]`` stepped by its own ``adam`` or ``sgd``.
 
     Args:
         init: initial value.
-        lr: learning rate of the optimizer.
+        lr: learning rate.
         optimizer: ``"adam"`` or ``"sgd"``.
-        weight_decay: weight decay of the optimizer.
+        weight_decay: L2 coefficient added to the gradient.
     """
 
     def __init__(self, init: Tensor, lr: float, optimizer: str = "adam", weight_decay: float = 0.0) -> None:
-        lr = check_positive("lr", lr)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"balancer_args.optimizer: expected one of {list(OPTIMIZERS)}, "
-                             f"got {optimizer!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"balancer_args.weight_decay: expected a number >= 0, got {weight_decay!r}")
-        self.param = nn.Parameter(init.detach().clone().float())
-        opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
-        self.optimizer = opt_cls([self.param], lr=lr, weight_decay=weight_decay)
+        self.lr = number("lr", lr, above=0)
+        self.optimizer = choice("optimizer", optimizer, OPTIMIZERS)
+        self.weight_decay = number("weight_decay", weight_decay, minimum=0)
+        self.value = init.detach().clone().float()
+        self.m = torch.zeros_like(self.value)
+        self.v = torch.zeros_like(self.value)
+        self.steps = 0
 
-    def on(self, device: torch.device) -> nn.Parameter:
-        """The parameter, moved (with its optimizer state) to ``device`` on first use there."""
-        if self.param.device != device:
-            state = self.optimizer.state_dict()
-            self.param.data = self.param.data.to(device)
-            self.optimizer.load_state_dict(state)  # moves the optimizer state next to the parameter
-        return self.param
+    def on(self, device: torch.device) -> Tensor:
+        """The value, moved (with the moments) to ``device``."""
+        if self.value.device != device:
+            self.value, self.m, self.v = (x.to(device) for x in (self.value, self.m, self.v))
+        return self.value
 
     def step(self, grad: Tensor) -> None:
-        """One optimizer step with ``grad`` as the gradient of the whole vector."""
-        self.param.grad = grad.detach().to(self.param)
-        self.optimizer.step()
-        self.param.grad = None
+        """One optimizer step with ``grad`` as the gradient of the whole vector (in place)."""
+        g = grad.detach().to(self.value) + self.weight_decay * self.value
+        if self.optimizer == "sgd":
+            self.value.sub_(self.lr * g)
+            return
+        b1, b2 = BETAS
+        self.steps += 1
+        self.m.mul_(b1).add_((1 - b1) * g)
+        self.v.mul_(b2).add_((1 - b2) * g * g)
+        denom = self.v.sqrt() / (1 - b2**self.steps) ** 0.5 + ADAM_EPS
+        self.value.sub_(self.lr / (1 - b1**self.steps) * self.m / denom)
 
     def state_dict(self) -> dict:
-        return {"value": self.param.detach().cpu().clone(), "optimizer": self.optimizer.state_dict()}
+        return {"value": self.value.cpu().clone(), "m": self.m.cpu().clone(), "v": self.v.cpu().clone(),
+                "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.param.data = state["value"].to(self.param.device, self.param.dtype).clone()
-        self.optimizer.load_state_dict(state["optimizer"])
+        device = self.value.device
+        self.value, self.m, self.v = (state[k].to(device).float().clone() for k in ("value", "m", "v"))
+        self.steps = int(state["steps"])

@@ -8,7 +8,7 @@ mean.
 Every ``g_i^PC`` stays a linear combination ``sum_j C_ij g_j`` of the original gradients, so the surgery runs
 on the coefficient matrix ``C [t, t]`` with the Gramian only: ``g_i^PC . g_j = (C G)_ij``. The tasks are
 processed in parallel - round ``k`` treats the ``k``-th entry of every permutation at once - with tensor ops
-and no host sync. The update is ``w^T J`` with ``w = 1^T C`` (divided by ``t`` for the mean).
+and no value read back to the host. The update is ``w^T J`` with ``w = 1^T C`` (divided by ``t`` for the mean).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from graph_mtl.balancers.gradient_method import GradientBalancer
+from graph_mtl.balancers.args import choice
+from graph_mtl.balancers.base import GramianWeighting
 from graph_mtl.balancers.registry import register
 from graph_mtl.balancers.rng import SeededGenerator
 
@@ -70,24 +71,21 @@ def pcgrad_weights(G: Tensor, orders: Tensor, reduction: str = "sum") -> Tensor:
 
 
 def check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"balancer_args.reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
-    return reduction
+    return str(choice("reduction", reduction, REDUCTIONS))
 
 
-@register("pcgrad")
-class PCGradBalancer(GradientBalancer):
+@register("pcgrad", "Yu et al. 2020")
+class PCGrad(GramianWeighting):
     """PCGrad (Yu et al. 2020) on the shared parameters; heads keep their plain gradients.
 
     Args:
         reduction: ``"sum"`` (the paper) or ``"mean"`` of the projected gradients.
         seed: seed of the permutations (``None``: from torch's global generator).
-        grad_mode, update_every, chunk_size: see :class:`GradientBalancer`.
     """
 
-    def __init__(self, task_names: Sequence[str], reduction: str = "sum", seed: int | None = None,
-                 grad_mode: str = "auto", update_every: int = 1, chunk_size: int | None = None) -> None:
-        super().__init__(task_names, grad_mode, update_every, chunk_size)
+    def __init__(self, task_names: Sequence[str] | None = None, reduction: str = "sum",
+                 seed: int | None = None) -> None:
+        super().__init__(task_names)
         self.reduction = check_reduction(reduction)
         self.rng = SeededGenerator(seed)
 
@@ -95,8 +93,8 @@ class PCGradBalancer(GradientBalancer):
         orders = random_orders(len(index), self.rng.get(gramian.device))
         return pcgrad_weights(gramian, orders, self.reduction)
 
-    def extra_state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"rng": self.rng.state_dict()}
 
-    def load_extra_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.rng.load_state_dict(state["rng"])

@@ -17,7 +17,7 @@ from graph_mtl.balancers.registry import register
 from graph_mtl.balancers.rng import SeededGenerator
 
 
-@register("rlw")
+@register("rlw", "Lin et al. 2022")
 class RandomLossWeighting(LossWeighting):
     """RLW (Lin et al. 2022): softmax of standard normal samples, fresh every step.
 
@@ -25,7 +25,7 @@ class RandomLossWeighting(LossWeighting):
         seed: seed of the samples (``None``: from torch's global generator).
     """
 
-    def __init__(self, task_names: Sequence[str], seed: int | None = None) -> None:
+    def __init__(self, task_names: Sequence[str] | None = None, seed: int | None = None) -> None:
         super().__init__(task_names)
         self.rng = SeededGenerator(seed)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from graph_mtl.balancers.args import ArgumentError
+
 
 class SeededGenerator:
     """A ``torch.Generator`` created lazily on the device where it is first used.
@@ -20,7 +22,7 @@ class SeededGenerator:
 
     def __init__(self, seed: int | None = None) -> None:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"balancer_args.seed: expected a non-negative int or None, got {seed!r}")
+            raise ArgumentError("seed", f"expected a non-negative int or None, got {seed!r}")
         self.seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else seed
         self._generator: torch.Generator | None = None
         self._pending: tuple[str, torch.Tensor] | None = None  # (device type, state) loaded before first use

@@ -4,7 +4,7 @@
 block principal pivoting method (Judice & Pires 1994, as used for NNLS by Kim & Park 2011): it guesses the set
 of free variables, solves the equality-constrained system for all problems at once with one batched linear
 solve, and swaps the variables that violate the KKT conditions, with the backup rule that guarantees
-termination for positive-definite matrices. It needs a few host syncs per solve (one per pivoting round),
+termination for positive-definite matrices. It reads a few values back to the host per solve (one per pivoting round),
 never one per task pair.
 """
 
@@ -74,8 +74,23 @@ def simplex_min_norm(G: Tensor, eps: float = 1e-10) -> Tensor:
     """Weights ``w`` on the simplex minimising ``w^T G w``: the min-norm point of the hull of the rows of J.
 
     With ``v* = argmin_{v >= 0} 1/2 v^T G v - 1^T v`` the KKT conditions of both problems coincide and
-    ``w = v* / sum(v*)`` (Sener & Koltun 2018 solve the same problem with Frank-Wolfe; this is exact).
+    ``w = v* / sum(v*)`` (Sener & Koltun 2018 solve the same problem with Frank-Wolfe; this is exact). To be
+    exact at any relative scale of the gradients the problem is solved in ``x = D v`` with ``D = diag(||g_i||)``:
+    ``min_{x >= 0} 1/2 x^T C x - (1/||g||)^T x`` where ``C = D^-1 G D^-1`` holds the cosines (unit diagonal),
+    so the ridge ``eps I`` is relative to every row, however small. A zero gradient makes ``0`` the min-norm
+    point: the weight then goes to the zero rows.
     """
-    Q = regularized(G, eps)
-    v = nonneg_qp(Q, -torch.ones(1, len(Q), dtype=Q.dtype, device=Q.device))[0]
-    return v / v.sum()
+    G = G.double()
+    G = (G + G.T) / 2
+    n = G.diagonal().clamp_min(0).sqrt()
+    zero = n == 0
+    safe = torch.where(zero, torch.ones_like(n), n)
+    C = G / safe.unsqueeze(0) / safe.unsqueeze(1)
+    C = torch.where(torch.eye(len(G), dtype=torch.bool, device=G.device), torch.ones_like(C), C)
+    lam, V = torch.linalg.eigh(C)
+    Q = (V * lam.clamp_min(0)) @ V.T + eps * torch.eye(len(C), dtype=C.dtype, device=C.device)
+    q = -(1 / safe) / (1 / safe).amax()  # scaled: w is invariant to a positive factor on q
+    x = nonneg_qp(Q, q.unsqueeze(0))[0]
+    v = x / safe
+    w = v / v.sum()
+    return torch.where(zero.any(), zero.double() / zero.sum().clamp_min(1), w)

@@ -15,41 +15,45 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from graph_mtl.balancers.gradient_method import GradientBalancer
+from graph_mtl.balancers.args import number
+from graph_mtl.balancers.base import GramianWeighting
 from graph_mtl.balancers.registry import register
 from graph_mtl.balancers.solvers import nonneg_qp
 
 
-def upgrad_weights(G: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Tensor:
-    """UPGrad's weights: ``sum_b v_b`` with ``v_b = argmin_{v >= e_b / t} v^T G v``."""
+def dual_cone_weights(G: Tensor, U: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Tensor:
+    """The weights ``v_b = argmin_{v >= u_b} v^T G v`` of the projections of ``J^T u_b`` onto the dual cone, for
+    each row of ``U [B, t]`` (``G`` normalised by its trace and ridged by ``reg_eps I``, float64 inside)."""
     t = len(G)
     Gd = G.double()
     trace = Gd.diagonal().sum()
     Gd = torch.where(trace >= norm_eps, Gd / trace.clamp_min(norm_eps), torch.zeros_like(Gd))
     Q = Gd + reg_eps * torch.eye(t, dtype=Gd.dtype, device=Gd.device)
-    U = torch.eye(t, dtype=Q.dtype, device=Q.device) / t
+    U = U.to(Q)
     # v = u + x with x >= 0:  min 1/2 x^T Q x + (Q u)^T x
-    X = nonneg_qp(Q, U @ Q, free=torch.zeros(t, t, dtype=torch.bool, device=Q.device))
-    return (U + X).sum(dim=0).to(G.dtype)
+    X = nonneg_qp(Q, U @ Q, free=torch.zeros_like(U, dtype=torch.bool))
+    return U + X
 
 
-@register("upgrad")
-class UPGrad(GradientBalancer):
+def upgrad_weights(G: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Tensor:
+    """UPGrad's weights: ``sum_b v_b`` with ``v_b = argmin_{v >= e_b / t} v^T G v``."""
+    U = torch.eye(len(G), dtype=torch.float64, device=G.device) / len(G)
+    return dual_cone_weights(G, U, norm_eps, reg_eps).sum(dim=0).to(G.dtype)
+
+
+@register("upgrad", "Quinton & Rey 2024")
+class UPGrad(GramianWeighting):
     """UPGrad (Quinton & Rey 2024): the mean of the projections of the task gradients onto the dual cone.
 
     Args:
         norm_eps: trace below which the Gramian is taken as zero.
         reg_eps: ridge added to the normalised Gramian.
-        grad_mode, update_every, chunk_size: see :class:`GradientBalancer`.
     """
 
-    def __init__(self, task_names: Sequence[str], norm_eps: float = 1e-4, reg_eps: float = 1e-4,
-                 grad_mode: str = "auto", update_every: int = 1, chunk_size: int | None = None) -> None:
-        super().__init__(task_names, grad_mode, update_every, chunk_size)
-        for name, value in (("norm_eps", norm_eps), ("reg_eps", reg_eps)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"balancer_args.{name}: expected a number > 0, got {value!r}")
-        self.norm_eps, self.reg_eps = float(norm_eps), float(reg_eps)
+    def __init__(self, task_names: Sequence[str] | None = None, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> None:
+        super().__init__(task_names)
+        self.norm_eps = number("norm_eps", norm_eps, above=0)
+        self.reg_eps = number("reg_eps", reg_eps, above=0)
 
     def weights(self, gramian: Tensor, losses: Tensor, index: list[int]) -> Tensor:
         return upgrad_weights(gramian, self.norm_eps, self.reg_eps)

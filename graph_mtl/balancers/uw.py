@@ -3,11 +3,9 @@ CVPR 2018).
 
 With ``s_i = log sigma_i^2`` learnable, the objective is ``sum_i exp(-s_i) L_i + s_i`` (the homoscedastic
 likelihood up to a constant factor 1/2 and the per-kind factor; ``s = 0`` starts as equal weighting). The
-network steps on ``sum_i w_i L_i`` with ``w_i = exp(-s_i)``. The log-variances are the balancer's own
-parameters (not the model's): each ``backward`` takes their gradient ``1 - exp(-s_i) L_i`` (present tasks
-only) and steps them with the balancer's optimizer (``lr``) - the same gradient a joint optimizer would see,
-so this is the joint optimisation of the paper with a separate learning rate. They are checkpointed in
-``state_dict``.
+network steps on ``sum_i w_i L_i`` with ``w_i = exp(-s_i)``. The log-variances are the method's own
+parameters: each step takes their gradient ``1 - exp(-s_i) L_i`` (present tasks only) and steps them with
+the method's optimizer (``lr``) - the gradient a joint optimizer would see, with a separate learning rate.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from graph_mtl.balancers.learned import LearnedVector
 from graph_mtl.balancers.registry import register
 
 
-@register("uw")
+@register("uw", "Kendall et al. 2018")
 class UncertaintyWeighting(LossWeighting):
     """Uncertainty weighting (Kendall et al. 2018): ``w_i = exp(-s_i)`` with learnable log-variances ``s``.
 
@@ -31,13 +29,13 @@ class UncertaintyWeighting(LossWeighting):
         optimizer: ``"adam"`` or ``"sgd"``.
     """
 
-    def __init__(self, task_names: Sequence[str], lr: float = 0.01, optimizer: str = "adam") -> None:
+    def __init__(self, task_names: Sequence[str] | None = None, lr: float = 0.01, optimizer: str = "adam") -> None:
         super().__init__(task_names)
         self.log_var = LearnedVector(torch.zeros(self.num_tasks), lr, optimizer)
 
     def weights(self, losses: Tensor, index: list[int]) -> Tensor:
         s = self.log_var.on(losses.device)
-        w = torch.exp(-s.detach()[index])
+        w = torch.exp(-s[index])
         grad = torch.zeros_like(s)
         grad[index] = 1 - w * losses.float()  # d/ds_i of exp(-s_i) L_i + s_i
         self.log_var.step(grad)

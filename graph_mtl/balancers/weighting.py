@@ -7,11 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from graph_mtl.balancers.args import ArgumentError, number
 from graph_mtl.balancers.base import LossWeighting
 from graph_mtl.balancers.registry import register
 
 
-@register("ew")
+@register("ew", "equal weighting, sum_i L_i")
 class EqualWeighting(LossWeighting):
     """Equal weighting: ``w_i = 1`` for every present task, the update is the gradient of ``sum_i L_i``."""
 
@@ -19,7 +20,7 @@ class EqualWeighting(LossWeighting):
         return torch.ones_like(losses)
 
 
-@register("fixed")
+@register("fixed", "fixed weights per task")
 class FixedWeighting(LossWeighting):
     """Fixed weights ``w_i`` given per task name (tasks not named keep weight ``default``).
 
@@ -28,22 +29,20 @@ class FixedWeighting(LossWeighting):
         default: weight of tasks not named in ``weights``.
     """
 
-    def __init__(self, task_names: Sequence[str], weights: dict | Sequence[float] | None = None,
+    def __init__(self, task_names: Sequence[str] | None = None, weights: dict | Sequence[float] | None = None,
                  default: float = 1.0) -> None:
         super().__init__(task_names)
-        if weights is None:
-            weights = {}
+        names = self.task_names or []
+        weights = {} if weights is None else weights
         if not isinstance(weights, dict):
-            if len(weights) != len(task_names):
-                raise ValueError(f"balancer_args.weights: {len(weights)} weights for {len(task_names)} tasks")
-            weights = dict(zip(task_names, weights, strict=True))
-        unknown = sorted(set(weights) - set(task_names))
+            if len(weights) != len(names):
+                raise ArgumentError("weights", f"{len(weights)} weights for {len(names)} tasks")
+            weights = dict(zip(names, weights, strict=True))
+        unknown = sorted(set(weights) - set(names))
         if unknown:
-            raise ValueError(f"balancer_args.weights: unknown tasks {unknown}; tasks: {list(task_names)}")
-        values = [float(weights.get(name, default)) for name in task_names]
-        if any(v < 0 for v in values):
-            raise ValueError("balancer_args.weights: weights must be >= 0")
-        self.fixed = torch.tensor(values)
+            raise ArgumentError("weights", f"unknown tasks {unknown}; tasks: {names}")
+        default = number("default", default, minimum=0)
+        self.fixed = torch.tensor([number(f"weights.{n}", weights.get(n, default), minimum=0) for n in names])
 
     def weights(self, losses: Tensor, index: list[int]) -> Tensor:
-        return self.fixed[index].to(losses.device)
+        return self.fixed[index].to(losses.device, losses.dtype)

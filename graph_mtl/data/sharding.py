@@ -1,7 +1,8 @@
 """Each process's share of the data in a data-parallel run (``engine/distributed.py``).
 
-* Graph datasets: :class:`ShardedBatches` cuts every global training batch of ``data.batch_size`` graphs into
-  one shard per process, so the shards of one step are exactly the batch a single process would take;
+* Graph datasets: :class:`ShardedBatches` draws each epoch's order and cuts every global training batch of
+  ``data.batch_size`` graphs into one shard per process. One process uses the same sampler (``world_size`` 1),
+  so N processes take, step by step, exactly the batches one process takes (:func:`graph_loaders`);
   evaluation splits take every ``world_size``-th graph (nothing is padded or dropped, predictions are gathered).
 * Single-graph node datasets (full graph or ``NeighborLoader``): every process holds the graph and the split
   masks are cut into shards of seed nodes (:func:`shard_node_mask`); a neighbour-sampled global batch of
@@ -26,10 +27,12 @@ from graph_mtl.data.base import SPLITS, MultiTaskDataset
 class ShardedBatches:
     """The global batches of a graph dataset, each cut into ``world_size`` shards (a batch sampler).
 
-    Epoch order: a permutation drawn from ``generator`` (the same on every process, reseeded per epoch by
-    the trainer) or the dataset order. Global batch ``k`` is ``order[k B : (k+1) B]``; process ``r`` takes its
-    items ``r, r + N, ...``, so the shards of a step together are exactly the batch one process would take.
-    A last global batch with fewer items than processes is dropped (a process would get none).
+    Epoch order: ``randperm(size, generator)``, the first draw from ``generator`` in the epoch (the same on
+    every process, reseeded per epoch by the trainer; nothing else draws from it), or the dataset order.
+    Global batch ``k`` is ``order[k B : (k+1) B]``; process ``r`` takes its items ``r, r + N, ...``, so the
+    shards of a step together are exactly the batch of one process (``world_size`` 1) with the same seed.
+    A last global batch with fewer items than processes is dropped (a process would get none): with
+    ``size % B`` in ``1 .. N-1`` that is the one batch N processes do not share with one process.
     """
 
     def __init__(self, size: int, batch_size: int, rank: int, world_size: int, shuffle: bool,
@@ -72,10 +75,13 @@ def per_process_batch(batch_size: int, world_size: int) -> int:
     return max(1, math.ceil(batch_size / world_size))
 
 
-def sharded_graph_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, rank: int, world_size: int,
-                          num_workers: int = 0) -> dict[str, Any]:
-    """Training: this process's shard of every global batch (order seeded, reseeded per epoch by the trainer).
-    Evaluation: every ``world_size``-th graph from ``rank``, in batches of ``batch_size / world_size``."""
+def graph_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                  num_workers: int = 0) -> dict[str, Any]:
+    """Loaders of a dataset of graphs, for one process (``world_size`` 1) or this process of ``world_size``.
+
+    Training: this process's shard of every global batch of ``batch_size`` graphs, in the seeded order of
+    :class:`ShardedBatches` (reseeded per epoch by the trainer). Evaluation: every ``world_size``-th graph from
+    ``rank``, in batches of ``batch_size / world_size``, in dataset order."""
     if batch_size < world_size:
         raise ValueError(f"data.batch_size: {batch_size} graphs cannot be shared by {world_size} processes; use at "
                          f"least {world_size} (it is the global batch, cut into one shard per process)")

@@ -17,7 +17,8 @@ GradNorm's ``L_i(0)``, DWA's history, FAMO's logits) is therefore identical on e
 further communication, and the gradient of any function ``f(l_1..l_T)`` summed over processes is the global
 ``sum_t df/dL_t grad L_t``. A task is present in the step when it has a label anywhere in the global batch.
 
-What remains is to sum gradients over processes, exactly once each (:class:`GradientSync`):
+What remains is to sum gradients over processes, exactly once each (:class:`GradientSync`). The step engine's
+data-parallel version, :class:`DataParallelStepEngine`, does it; no balancing method knows of processes:
 
 * a loss weighting (one backward of ``sum_t w_t l_t``): every ``.grad`` is summed after the backward;
 * a gradient method in ``exact`` mode: the per-task Jacobian ``J [t, P]`` of the shared parameters is summed
@@ -42,13 +43,19 @@ every process holding the whole graph), dropout masks, a graph-level task on a s
 process holds that graph), and methods whose update is not a Gramian-weighted sum in ``rep`` mode (GradDrop,
 DB-MTL: use ``grad_mode: exact``). Validation loss is the mean of per-batch means over each process's batches;
 the metrics are computed on the gathered predictions of the whole split and are exact.
+
+Exact means up to float round-off: the shards' sums are taken in another order than one process's (about 1e-7
+relative), and two things enlarge that difference. An update that cancels conflicting task gradients (UPGrad,
+MGDA, IMTL-G, Nash-MTL) carries it times ``sum_i |w_i| ||g_i|| / ||w^T J||``; Adam divides each coordinate by its
+own gradient scale, so a parameter whose exact gradient is zero (a bias just before a batch norm) moves by up to
+``lr`` per step on round-off alone, differently in each run.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +63,10 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
+from graph_mtl.balancers.args import ArgumentError
+from graph_mtl.balancers.base import Aggregator, Method
+from graph_mtl.engine.gradients import gradient_scale, gramian, trainable
+from graph_mtl.engine.step import StepEngine
 from graph_mtl.tasks import Scalers, Task, loss_targets, masked_loss_sum
 
 
@@ -150,6 +161,49 @@ class GradientSync:
         """Seconds, megabytes and calls of each kind of collective so far."""
         return {kind: {"seconds": s, "megabytes": b / 2**20, "calls": int(c)}
                 for kind, (s, b, c) in self.stats.items()}
+
+
+class DataParallelStepEngine(StepEngine):
+    """The step engine of one process of a data-parallel run: the same step as :class:`StepEngine` on the
+    global batch, with the gradients summed over processes where the module docstring says.
+
+    Args:
+        method: the balancing method (its state is replaced by rank 0's, so every process starts equal).
+        sync: the process group.
+        settings: :class:`StepEngine`'s keyword arguments.
+    """
+
+    def __init__(self, method: Method, sync: GradientSync, **settings) -> None:
+        super().__init__(method, **settings)
+        if self.grad_mode == "rep" and isinstance(method, Aggregator):
+            raise ArgumentError("grad_mode", f"{method.label} in 'rep' mode is not a Gramian-weighted sum, so it "
+                                "cannot be split across processes; use 'exact'")
+        self.sync = sync
+        self.load_state_dict(sync.broadcast_object(self.state_dict()))
+
+    @classmethod
+    def of(cls, engine: StepEngine, sync: GradientSync) -> DataParallelStepEngine:
+        """The data-parallel version of ``engine`` (same method and settings)."""
+        return cls(engine.method, sync, **engine.settings)
+
+    def _global_jacobian(self, J: Tensor) -> Tensor:
+        return self.sync.sum(J, "jacobian")  # J of the global batch = sum over processes
+
+    def _gramian(self, J: Tensor) -> Tensor:
+        if self.grad_mode == "exact":  # J is global already
+            return gramian(J)
+        # rep: each process holds the gradients at its shard of the representation; with a common scale the
+        # shards' Gramians add up to the global one
+        return self.sync.sum(gramian(J, self.sync.max(gradient_scale(J))), "gramian")
+
+    def _mark_reduced(self, params: list[Tensor]) -> None:
+        self.sync.mark_reduced(params)
+
+    def _finish(self, shared: list[Tensor], task_params: dict[str, Iterable[nn.Parameter]] | None) -> None:
+        if task_params is None:
+            raise ValueError("data-parallel steps need task_params (the heads' parameters by task)")
+        heads = [p for params in task_params.values() for p in params]
+        self.sync.reduce_grads(trainable([*shared, *heads]))
 
 
 def launched_by_torchrun() -> bool:

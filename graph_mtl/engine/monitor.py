@@ -22,7 +22,7 @@ made, which is written to the file then (or at the next observation / :meth:`Con
 Cost of one observation (nothing on the other steps): ``mode="rep"`` takes the gradients at the shared node
 representation, i.e. ``t`` backward passes through the heads only (``D`` = nodes x width); ``mode="exact"``
 takes them at the shared parameters, ``t`` backward passes through the encoder - as much as an exact gradient
-balancer's step. Both are one batched product on a GPU (:class:`~graph_mtl.balancers.gradients.JacobianEngine`).
+balancer's step. Both are one batched product on a GPU (:class:`~graph_mtl.engine.gradients.JacobianEngine`).
 The statistics are computed in float64 and copied to the host (one device sync per observation).
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from graph_mtl.balancers.gradients import JacobianEngine, trainable
+from graph_mtl.engine.gradients import JacobianEngine, trainable
 
 MODES = ("rep", "exact")
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from graph_mtl.balancers.base import Balancer
+from graph_mtl.balancers.base import Method
 from graph_mtl.config import TrainConfig
 from graph_mtl.engine.checkpoint import (
     CheckpointError,
@@ -28,9 +28,10 @@ from graph_mtl.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from graph_mtl.engine.distributed import GradientSync, gather_predictions, sharded_losses
+from graph_mtl.engine.distributed import DataParallelStepEngine, GradientSync, gather_predictions, sharded_losses
 from graph_mtl.engine.metrics import evaluate_tasks, trivial_baseline
 from graph_mtl.engine.monitor import ConflictMonitor
+from graph_mtl.engine.step import StepEngine
 from graph_mtl.models.multitask import MultiTaskGNN
 from graph_mtl.tasks import Scalers, Task, check_labels, collect_labels, fit_scalers, task_losses
 
@@ -69,10 +70,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
 class Trainer:
     """Trains a :class:`MultiTaskGNN` with a balancer.
 
-    Each step: forward, the masked loss of every task present in the batch, ``balancer.backward`` (which
-    leaves the balanced gradient in ``.grad``), gradient clipping, optimiser step. After each epoch the model
-    is evaluated on the validation loader; ``best.pt`` keeps the best epoch by ``cfg.monitor`` and ``last.pt``
-    the latest state, both written atomically, so a run can resume after a crash.
+    Each step: forward, the masked loss of every task present in the batch, the step engine's ``backward``
+    (which leaves the balanced gradient in ``.grad``), gradient clipping, optimiser step, and - for a method that
+    asks for it (FAMO) - the same batch evaluated again for the method. A skipped step (no task present, or a
+    non-finite loss under ``nonfinite: skip``) changes nothing and is counted in ``skipped_steps``. After each
+    epoch the model is evaluated on the validation loader; ``best.pt`` keeps the best epoch by ``cfg.monitor``
+    and ``last.pt`` the latest state, both written atomically, so a run can resume after a crash.
 
     The monitor: ``gain`` is the mean over tasks of the relative gain of the validation metric over the trivial
     baseline (``(v - b) / |b|`` for metrics to maximise, ``(b - v) / |b|`` for errors), ``loss`` is minus the
@@ -80,7 +83,7 @@ class Trainer:
 
     Args:
         model: the multi-task model.
-        balancer: the task balancer.
+        balancer: the balancing method, or a :class:`StepEngine` around one (to set ``grad_mode`` etc.).
         cfg: optimisation settings.
         train_graphs: the training graphs (to fit target scalers and trivial baselines).
         out_dir: where logs and checkpoints go (``None``: nothing is written).
@@ -96,7 +99,7 @@ class Trainer:
             shard's predictions, and only rank 0 writes files and logs progress.
     """
 
-    def __init__(self, model: MultiTaskGNN, balancer: Balancer, cfg: TrainConfig, train_graphs: list,
+    def __init__(self, model: MultiTaskGNN, balancer: Method | StepEngine, cfg: TrainConfig, train_graphs: list,
                  out_dir: str | Path | None = None, device: torch.device | str = "cpu", seed: int = 0,
                  log: Callable[[str], None] = print,
                  summary: Callable[[dict, dict], dict[str, Any]] | None = None,
@@ -109,12 +112,12 @@ class Trainer:
         self.summary = summary
         self.model = model.to(self.device)
         self.tasks: list[Task] = model.tasks
-        self.balancer = balancer
+        engine = balancer if isinstance(balancer, StepEngine) else StepEngine(balancer, nonfinite=cfg.nonfinite)
         if sync is not None:
             sync.broadcast_module(self.model)  # every process starts from rank 0's weights
-            balancer.load_state_dict(sync.broadcast_object(balancer.state_dict()))  # and its RNG and state
-            balancer.distribute(sync)
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
+            if not isinstance(engine, DataParallelStepEngine):
+                engine = DataParallelStepEngine.of(engine, sync)  # and from its balancer state
+        self.engine = engine
         self._shared = list(self.model.shared_parameters())
         self._task_params = {t.name: list(self.model.task_parameters(t.name)) for t in self.tasks}
         self._last_shared = list(self.model.last_shared_parameters())
@@ -196,6 +199,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, file=sys.stderr,
                    disable=not (self.cfg.progress and sys.stderr.isatty() and (self.sync is None or self.sync.is_main)))
         step_rows = []
+        skipped = 0
         # under a process group every process must take the same number of batches (each holds collectives)
         batches = min(self.sync.gather(len(loader))) if self.sync is not None else None
         for batch_number, batch in enumerate(bar):
@@ -204,7 +208,8 @@ class Trainer:
             if batches is not None and batch_number >= batches:
                 break
             losses, weights = self.train_step(batch)
-            if not losses:
+            if weights is None:
+                skipped += 1
                 continue
             steps += 1
             present = torch.tensor([n in losses for n in names], device=self.device)
@@ -220,30 +225,27 @@ class Trainer:
         self._write_steps(step_rows, names)
         mean_loss = (loss_sum / loss_count.clamp(min=1)).tolist()
         mean_weight = (weight_sum / max(steps, 1)).tolist()
-        stats = {"train_loss": float(np.mean([v for v, c in zip(mean_loss, loss_count.tolist()) if c > 0] or [0.0]))}
+        stats = {"train_loss": float(np.mean([v for v, c in zip(mean_loss, loss_count.tolist()) if c > 0] or [0.0])),
+                 "skipped_steps": skipped}
         stats.update({f"train_loss/{n}": v for n, v in zip(names, mean_loss)})
         stats.update({f"weight/{n}": v for n, v in zip(names, mean_weight)})
-        self.balancer.on_epoch_end()
+        self.engine.on_epoch_end()
         return stats
 
-    def train_step(self, batch) -> tuple[dict[str, Tensor], Tensor]:
-        """One optimisation step on ``batch``; returns the task losses and the balancer's weights ``[T]``."""
+    def train_step(self, batch) -> tuple[dict[str, Tensor], Tensor | None]:
+        """One optimisation step on ``batch``; returns the task losses and the balancer's weights ``[T]``
+        (``None`` when the step engine skipped the step: nothing was changed)."""
         batch = batch.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.model(batch)
-        if self.sync is not None:  # values of the global batch, gradients of this shard
-            losses = sharded_losses(self.tasks, out.preds, batch, self.scalers, self.sync)
-        else:
-            losses = task_losses(self.tasks, out.preds, batch, self.scalers)
-        if not losses:
-            return losses, torch.zeros(len(self.tasks), device=self.device)
+        losses = self._losses(out.preds, batch)
         scaler = self.grad_scaler
         # scale(1) is the current scale as a device tensor: no host sync (it also initialises the scaler)
         grad_scale = scaler.scale(torch.ones((), device=self.device)) if scaler.is_enabled() else None
         if self.monitor is not None:  # before the balancer, whose backward frees the graph (engine/monitor.py)
             self.monitor.observe(self.step + 1, losses, self._shared, out.shared_repr, None, grad_scale=grad_scale)
-        weights = self.balancer.backward(
+        weights = self.engine.backward(
             losses,
             shared_params=self._shared,
             representation=out.shared_repr,
@@ -251,17 +253,28 @@ class Trainer:
             last_shared_params=self._last_shared,
             grad_scale=grad_scale,
         )
-        if self.sync is not None:
-            self.sync.reduce_grads(self._params)  # every gradient not already summed inside the balancer
-        if self.monitor is not None:
-            self.monitor.record_weights(weights)  # the step's weights join the observation made above
+        if self.monitor is not None:  # the step's weights join the observation made above
+            self.monitor.record_weights(weights if weights is not None else torch.zeros(len(self.tasks)))
+        if weights is None:
+            return losses, None
         scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         scaler.step(self.optimizer)  # skipped (and the scale lowered) when a gradient is inf or NaN
         scaler.update()
         self.step += 1
+        if self.engine.wants_losses_after_step:
+            self.engine.after_step(self._losses_after_step(batch))
         return losses, weights.to(self.device)
+
+    def _losses(self, preds: dict[str, Tensor], batch) -> dict[str, Tensor]:
+        if self.sync is not None:  # values of the global batch, gradients of this shard
+            return sharded_losses(self.tasks, preds, batch, self.scalers, self.sync)
+        return task_losses(self.tasks, preds, batch, self.scalers)
+
+    def _losses_after_step(self, batch) -> dict[str, Tensor]:
+        with self._autocast():
+            return losses_after_step(self.model, batch, self._losses)
 
     def _autocast(self):
         return amp_context(self._amp, self.device)
@@ -318,7 +331,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "balancer": self.balancer.state_dict(),
+            "balancer": self.engine.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -342,7 +355,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and state["scheduler"] is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
-            self.balancer.load_state_dict(state["balancer"])
+            self.engine.load_state_dict(state["balancer"])
             if state.get("grad_scaler"):
                 self.grad_scaler.load_state_dict(state["grad_scaler"])
             if self.monitor is not None and state.get("monitor") is not None:
@@ -422,6 +435,19 @@ def check_same_model(saved: dict[str, Tensor], current: dict[str, Tensor], path:
         raise CheckpointError(f"--resume: {str(path)!r} holds another model ({len(missing)} weights missing, "
                               f"{len(extra)} unexpected, {len(shapes)} of another shape; {example}); resume with "
                               "the config the run was started with (its config.yaml)")
+
+
+@torch.no_grad()
+def losses_after_step(model: nn.Module, batch, losses: Callable[[dict[str, Tensor], Any], dict[str, Tensor]]
+                      ) -> dict[str, Tensor]:
+    """``losses(preds, batch)`` of ``batch`` evaluated again with the updated weights, in training mode; the
+    buffers (batch-norm running statistics) are restored, so this extra forward (FAMO's) changes nothing but
+    the method's state."""
+    saved = [b.detach().clone() for b in model.buffers()]
+    values = losses(model(batch).preds, batch)
+    for buffer, value in zip(model.buffers(), saved):
+        buffer.copy_(value)
+    return values
 
 
 def amp_context(amp: str, device: torch.device):

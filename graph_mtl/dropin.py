@@ -5,7 +5,7 @@ PCGrad update (Yu et al. 2020, Alg. 1, a fresh random permutation per task, proj
 gradients, zero-norm gradients skipped); a parameter used by a single loss (a head) keeps its plain gradient;
 ``reduction="sum"`` (the paper) works as well as ``"mean"``; the surgery runs on the Gramian with tensor ops
 (no host-device sync per task pair); the per-task gradients come from one batched vector-Jacobian product.
-With the same seed it gives the same update as the ``pcgrad`` balancer.
+It is the ``pcgrad`` method itself (same seed, same update), outside the training engine.
 
 Which loss uses which parameter is read from the autograd graph at every call.
 """
@@ -17,17 +17,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from graph_mtl.balancers.gradients import (
+from graph_mtl.balancers.pcgrad import PCGrad as PCGradMethod
+from graph_mtl.engine.gradients import (
     JacobianEngine,
     accumulate,
     accumulate_grads,
     fp32_math,
+    gramian,
     leaf_parameters,
-    normalized_gramian,
     trainable,
 )
-from graph_mtl.balancers.pcgrad import check_reduction, pcgrad_weights, random_orders
-from graph_mtl.balancers.rng import SeededGenerator
 
 
 class PCGrad:
@@ -43,8 +42,7 @@ class PCGrad:
     def __init__(self, optimizer: torch.optim.Optimizer, reduction: str = "sum", seed: int | None = None,
                  chunk_size: int | None = None) -> None:
         self._optim = optimizer
-        self.reduction = check_reduction(reduction)
-        self.rng = SeededGenerator(seed)
+        self.method = PCGradMethod(reduction=reduction, seed=seed)
         self.engine = JacobianEngine(chunk_size)
 
     @property
@@ -78,14 +76,13 @@ class PCGrad:
             return torch.ones(len(objectives), device=losses.device)
         J = self.engine.jacobian(list(objectives), shared, retain_graph=False)
         with fp32_math(losses.device):
-            Jn, G, s = normalized_gramian(J)
-            w = pcgrad_weights(G, random_orders(len(G), self.rng.get(G.device)), self.reduction)
-            accumulate(shared, (w @ Jn) * s)
+            w = self.method(gramian(J)).float()
+            accumulate(shared, w @ J.float())
         return w
 
     def state_dict(self) -> dict:
-        return {"optimizer": self._optim.state_dict(), "rng": self.rng.state_dict()}
+        return {"optimizer": self._optim.state_dict(), "method": self.method.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self._optim.load_state_dict(state["optimizer"])
-        self.rng.load_state_dict(state["rng"])
+        self.method.load_state_dict(state["method"])

@@ -8,14 +8,14 @@
   one backward per task from the start: there the batched product does the same arithmetic with vmap's
   overhead on top (1.4x slower than a per-task loop for PCGrad on a 5x300 GIN, ``benchmarks/step_time.py``),
   while on a GPU it fills the device with one launch instead of ``t``.
-* :func:`normalized_gramian` returns ``G = (J/s)(J/s)^T`` with ``s = max|J|`` in float32: ``s`` keeps
-  gradients of 1e-20 or 1e20 representable (their squares are not), and the methods' weights are invariant
-  to a positive scaling of ``G`` (each built-in method is checked for it in the tests).
+* :func:`gramian` returns ``G = J J^T`` at its true scale in float64, computed as ``s^2 (J/s)(J/s)^T`` with
+  ``s = max|J|`` so that the float32 product never overflows or underflows (squares of gradients of 1e-20 or
+  1e20 are not float32 numbers, but their float64 Gramian is).
 * :func:`accumulate` adds a flat update into ``.grad`` the way ``backward()`` does.
 * :func:`leaf_parameters` finds the parameters a loss depends on by walking its autograd graph.
 
 AMP: with bf16 autocast the forward runs in bf16 but parameters (and so ``J``) are fp32; the Gramian, the
-weights and the combination are computed here with autocast disabled, in float32 (solvers use float64).
+weights and the combination are computed with autocast disabled (:func:`fp32_math`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
+from graph_mtl.balancers.args import integer
 
 
 def trainable(params: Iterable[Tensor] | None) -> list[Tensor]:
@@ -60,10 +62,7 @@ class JacobianEngine:
     """
 
     def __init__(self, chunk_size: int | None = None, batched: bool | None = None) -> None:
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                       or chunk_size < 1):
-            raise ValueError(f"balancer_args.chunk_size: expected an int >= 1 or None, got {chunk_size!r}")
-        self.chunk_size = chunk_size
+        self.chunk_size = integer("chunk_size", chunk_size, minimum=1, allow_none=True)
         self.batched = batched  # set to False once the batched product failed: one backward per task from then on
         self.verified = False  # True once a batched product succeeded
 
@@ -98,7 +97,7 @@ class JacobianEngine:
                 if free_last:
                     raise
                 self.batched = False
-                warnings.warn(f"balancer: batched per-task gradients failed ({str(err).splitlines()[0]}); "
+                warnings.warn(f"step engine: batched per-task gradients failed ({str(err).splitlines()[0]}); "
                               "falling back to one backward per task", RuntimeWarning, stacklevel=3)
         rows = [_flat(torch.autograd.grad(parts[i] if parts is not None else losses[i], inputs,
                                           retain_graph=retain_graph or i < t - 1, allow_unused=True), inputs, None)
@@ -112,11 +111,11 @@ def gradient_scale(J: Tensor) -> Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
-def normalized_gramian(J: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(J/s, (J/s)(J/s)^T, s)`` in float32 with ``s = max|J|`` (``J`` is scaled in place when float32)."""
-    s = gradient_scale(J)
-    Jn = J.float().div_(s) if J.dtype == torch.float32 else J.float() / s
-    return Jn, Jn @ Jn.T, s
+def gramian(J: Tensor, scale: Tensor | None = None) -> Tensor:
+    """``J J^T`` in float64 at its true scale, as ``s^2 (J/s)(J/s)^T`` with ``s = scale`` or ``max|J|``."""
+    s = gradient_scale(J) if scale is None else scale
+    Jn = J.float() / s
+    return (Jn @ Jn.T).double() * s.double() ** 2
 
 
 def accumulate(params: Sequence[Tensor], flat: Tensor) -> None:

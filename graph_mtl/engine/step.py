@@ -1,0 +1,321 @@
+"""The step engine: how a balancing method's gradients are obtained and written into ``.grad``.
+
+A method (``graph_mtl.balancers``) is pure math on tensors. :class:`StepEngine` does everything else in a
+step, through one entry point, :meth:`StepEngine.backward`:
+
+* the **present tasks**: a task without labels in the batch is absent; the method sees the losses of the
+  present ones and their positions ``index`` among all tasks. A batch without any present task is a counted
+  no-op (``skipped["empty"]``).
+* **non-finite losses**: ``nonfinite="raise"`` stops with an error naming the task and the step;
+  ``"skip"`` leaves every ``.grad`` untouched and counts the step (``skipped["nonfinite"]``). Either way no NaN
+  or inf from a loss reaches ``.grad``.
+* by family of the method:
+
+  - a **loss weighting**: ``w = method(losses)`` and one backward of ``sum_i w_i L_i``, heads included;
+  - a **last-layer weighting** (GradNorm): the per-task gradients ``J_W`` at the last shared layer give
+    ``G_W = J_W J_W^T``, then ``w = method(G_W, losses)`` and one backward of ``sum_i w_i L_i``;
+  - a **Gramian weighting** or an **aggregator**: per-task gradients ``J [t, D]``, taken where
+    ``grad_mode`` says: ``"exact"`` at the shared parameters (one batched vector-Jacobian product, the
+    update ``w^T J`` written straight into ``.grad``) or ``"rep"`` at the shared representation ``Z``
+    (backward passes through the heads only; then ONE backward of ``Z`` with ``sum_i w_i dL_i/dZ``). A
+    Gramian method gets ``G = J J^T`` in float64 at its true scale; an aggregator gets ``J``. Every head gets
+    the plain gradient of its own loss.
+
+* **amortised weights** (``update_every = k`` for linear methods): the weights are recomputed every ``k``-th
+  step (and whenever a present task has none yet); in between the last weights are reused with ONE backward of
+  ``sum_i w_i L_i`` restricted to the shared parameters, which is exactly ``w^T J``.
+* **fp16 loss scaling** (``grad_scale``): everything written into ``.grad`` carries the scale, while the
+  method sees unscaled gradients, since not every method is scale-equivariant.
+* **after the optimizer step**: a method that wants the step's batch re-evaluated (FAMO) gets the losses
+  before and after through :meth:`StepEngine.after_step`.
+
+Data-parallel training subclasses this engine (``engine/distributed.py``) and overrides the few places where
+something computed on a shard becomes global: :meth:`StepEngine._global_jacobian`, :meth:`StepEngine._gramian`
+and :meth:`StepEngine._finish`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from graph_mtl.balancers.args import ArgumentError, choice, integer
+from graph_mtl.balancers.base import Aggregator, GramianWeighting, LastLayerWeighting, LossWeighting, Method
+from graph_mtl.engine.gradients import (
+    JacobianEngine,
+    accumulate,
+    accumulate_grads,
+    fp32_math,
+    gramian,
+    leaf_parameters,
+    trainable,
+)
+
+GRAD_MODES = ("exact", "rep", "auto")
+NONFINITE = ("raise", "skip")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A task's loss is NaN or infinite (``nonfinite="raise"``)."""
+
+
+class StepEngine:
+    """Runs one balanced backward per step for ``method`` (see the module docstring).
+
+    Args:
+        method: the balancing method.
+        grad_mode: ``"exact"``, ``"rep"`` or ``"auto"`` (the method's default) - gradient methods only.
+        update_every: recompute the weights every this many steps (linear gradient methods only).
+        chunk_size: tasks per batched vector-Jacobian product (``None``: all at once).
+        nonfinite: ``"raise"`` or ``"skip"`` on a NaN or infinite task loss.
+    """
+
+    def __init__(self, method: Method, *, grad_mode: str = "auto", update_every: int = 1,
+                 chunk_size: int | None = None, nonfinite: str = "raise") -> None:
+        if not isinstance(method, Method):
+            raise TypeError(f"StepEngine needs a balancing method, got {type(method).__name__}")
+        if method.task_names is None:
+            raise ValueError(f"{method.label}: the step engine needs the method built with the task names")
+        choice("grad_mode", grad_mode, GRAD_MODES)
+        self.update_every = integer("update_every", update_every, minimum=1)
+        self.nonfinite = choice("nonfinite", nonfinite, NONFINITE)
+        self.method = method
+        #: the keyword arguments, to build the same engine again (the data-parallel one)
+        self.settings = {"grad_mode": grad_mode, "update_every": update_every, "chunk_size": chunk_size,
+                         "nonfinite": nonfinite}
+        gradient_method = isinstance(method, (GramianWeighting, Aggregator))
+        if not gradient_method and grad_mode != "auto":
+            raise ArgumentError("grad_mode", f"{method.label} weights losses, not per-task gradients; "
+                                "leave it unset (auto)")
+        if update_every > 1 and not (gradient_method and method.linear):
+            raise ArgumentError("update_every", f"{method.label} is not a linear combination of task gradients, "
+                                "so its weights cannot be reused; use 1")
+        self.grad_mode = method.default_grad_mode if gradient_method and grad_mode == "auto" else grad_mode
+        if self.grad_mode == "rep" and isinstance(method, Aggregator) and not method.allows_rep:
+            hint = f" ({method.rep_hint})" if method.rep_hint else ""
+            raise ArgumentError("grad_mode", f"{method.label} keeps per-parameter state with these arguments, "
+                                f"which needs grad_mode 'exact'{hint}")
+        self.jacobians = JacobianEngine(chunk_size)
+        self.steps = 0  # steps that reached the method (skipped ones do not count)
+        self.skipped = {"empty": 0, "nonfinite": 0}
+        self._last = torch.zeros(method.num_tasks)  # the weights of the last recomputation
+        self._known = torch.zeros(method.num_tasks, dtype=torch.bool)  # the tasks those weights cover
+        self._before: tuple[Tensor, list[int]] | None = None  # losses of the step, for after_step
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.method.task_names  # type: ignore[return-value]
+
+    @property
+    def wants_losses_after_step(self) -> bool:
+        """Whether the trainer should re-evaluate the step's batch after the optimizer step."""
+        return self.method.wants_losses_after_step
+
+    # ------------------------------------------------------------------------------------------ the step
+
+    def backward(self, losses: dict[str, Tensor], *, shared_params: Iterable[nn.Parameter],
+                 representation: Tensor | Sequence[Tensor] | None = None,
+                 task_params: dict[str, Iterable[nn.Parameter]] | None = None,
+                 last_shared_params: Iterable[nn.Parameter] | None = None,
+                 grad_scale: float | Tensor | None = None) -> Tensor | None:
+        """Accumulate the balanced gradient into ``.grad``; the weights ``[T]`` (0 for absent tasks), or
+        ``None`` when the step was skipped (no present task, or a non-finite loss under ``"skip"``).
+
+        ``task_params`` maps task names to their head's parameters (without it they are found by walking the
+        autograd graph); ``last_shared_params`` is the last shared layer (last-layer methods);
+        ``grad_scale`` is fp16 loss scaling (``GradScaler.get_scale()``); ``losses`` are given unscaled.
+        """
+        self._before = None
+        if not losses:
+            self.skipped["empty"] += 1
+            return None
+        index, stacked = self._present(losses)
+        if not self._finite(stacked, index):
+            self.skipped["nonfinite"] += 1
+            return None
+        self.steps += 1
+        values = stacked.detach().float()
+        shared = trainable(shared_params)
+        method = self.method
+        if isinstance(method, LossWeighting):
+            w = method.weights(stacked.detach(), index)
+            self._weighted_backward(stacked, w, grad_scale)
+        elif isinstance(method, LastLayerWeighting):
+            w = self._last_layer_weights(losses, index, values, last_shared_params, grad_scale)
+            self._weighted_backward(stacked, w, grad_scale)
+        else:
+            w = self._gradient_step(losses, index, stacked, values, shared, representation, task_params,
+                                    grad_scale)
+        self._finish(shared, task_params)
+        if method.wants_losses_after_step:
+            self._before = (values, index)
+        return method.full_weights(index, w)
+
+    def after_step(self, losses_after: dict[str, Tensor]) -> None:
+        """The losses of the last step's batch re-evaluated after the optimizer step (for the method)."""
+        if self._before is None:
+            return
+        before, index = self._before
+        self._before = None
+        present = [i for i in index if self.task_names[i] in losses_after]
+        if present != index:  # a re-evaluation keeps the tasks; a task lost on the way gives no information
+            keep = [k for k, i in enumerate(index) if i in present]
+            before, index = before[keep], present
+        if index:
+            after = torch.stack([losses_after[self.task_names[i]].detach().float() for i in index])
+            self.method.after_step(before, after, index)
+
+    def on_epoch_end(self) -> None:
+        self.method.on_epoch_end()
+
+    def _present(self, losses: dict[str, Tensor]) -> tuple[list[int], Tensor]:
+        unknown = [name for name in losses if name not in self.task_names]
+        if unknown:
+            raise KeyError(f"losses for unknown tasks {unknown}; known tasks: {self.task_names}")
+        index = [i for i, name in enumerate(self.task_names) if name in losses]
+        return index, torch.stack([losses[self.task_names[i]].reshape(()) for i in index])
+
+    def _finite(self, stacked: Tensor, index: list[int]) -> bool:
+        """One host sync per step: ``False`` (skip) or an error when a present task's loss is not finite."""
+        finite = torch.isfinite(stacked.detach())
+        if bool(finite.all()):
+            return True
+        bad = [self.task_names[i] for i, ok in zip(index, finite.tolist()) if not ok]
+        if self.nonfinite == "raise":
+            values = [float(v) for v, ok in zip(stacked.detach(), finite.tolist()) if not ok]
+            raise NonFiniteLoss(f"non-finite loss {values[:3]} of task(s) {bad[:3]} at step {self.steps + 1}; "
+                                "lower the learning rate, or set nonfinite to 'skip' to skip such steps")
+        return False
+
+    @staticmethod
+    def _weighted_backward(stacked: Tensor, w: Tensor, grad_scale: float | Tensor | None) -> None:
+        (_scaled(stacked, grad_scale) * w.to(stacked.dtype)).sum().backward()
+
+    def _last_layer_weights(self, losses: dict[str, Tensor], index: list[int], values: Tensor,
+                            last_shared_params: Iterable[nn.Parameter] | None,
+                            grad_scale: float | Tensor | None) -> Tensor:
+        last = trainable(last_shared_params)
+        if not last:
+            raise ValueError(f"{self.method.label} reads the gradients at the last shared layer: pass "
+                             "last_shared_params")
+        J = self.jacobians.jacobian(self._separate(losses, index, grad_scale), last, retain_graph=True)
+        J = self._global_jacobian(J)
+        with fp32_math(J.device):
+            if grad_scale is not None:
+                J = J.float() / grad_scale
+            return self.method.weights(gramian(J), values, index)
+
+    def _gradient_step(self, losses: dict[str, Tensor], index: list[int], stacked: Tensor, values: Tensor,
+                       shared: list[Tensor], representation: Tensor | Sequence[Tensor] | None,
+                       task_params: dict[str, Iterable[nn.Parameter]] | None,
+                       grad_scale: float | Tensor | None) -> Tensor:
+        heads = self._head_params(index, stacked, shared, task_params)
+        reuse = (self.steps - 1) % self.update_every != 0 and bool(self._known[index].all())
+        scaled = _scaled(stacked, grad_scale)
+        if heads:  # head i depends on L_i only: the gradient of sum_i L_i is each head's own
+            grads = torch.autograd.grad(scaled.sum(), heads, retain_graph=True, allow_unused=True)
+            accumulate_grads(heads, grads)
+        if reuse:
+            w = self._last[index].to(stacked.device)
+            if shared:
+                torch.autograd.backward((w.to(stacked.dtype) * scaled).sum(), inputs=shared)
+            return w
+        exact = self.grad_mode == "exact"
+        targets = shared if exact else self._representations(representation)
+        if not targets:
+            raise ValueError(f"{self.method.label}: no shared parameters require grad")
+        J = self.jacobians.jacobian(self._separate(losses, index, grad_scale), targets, retain_graph=not exact)
+        if exact:
+            J = self._global_jacobian(J)
+        with fp32_math(stacked.device):
+            if grad_scale is not None:
+                J = J.float() / grad_scale
+            update, w = self._combine(J, values, index)
+            if grad_scale is not None:
+                update = update * grad_scale
+        del J
+        if exact:
+            accumulate(shared, update)
+            self._mark_reduced(shared)
+        elif shared:  # one backward from Z with sum_i w_i dL_i/dZ (frees the encoder graph)
+            parts = update.split([z.numel() for z in targets])
+            torch.autograd.backward(targets, [p.view_as(z).to(z.dtype) for p, z in zip(parts, targets)],
+                                    inputs=shared)
+        self._last = self._last.to(w.device)
+        self._last[index] = w.detach().float()
+        self._known = torch.zeros_like(self._known)
+        self._known[index] = True
+        return w
+
+    def _combine(self, J: Tensor, values: Tensor, index: list[int]) -> tuple[Tensor, Tensor]:
+        """The update ``[D]`` and the weights ``[t]`` of the method from ``J``."""
+        if isinstance(self.method, Aggregator):
+            update, w = self.method.aggregate(J.float(), values, index)
+            return update.float(), w.float()
+        w = self.method.weights(self._gramian(J), values, index).float()
+        return w @ J.float(), w
+
+    def _separate(self, losses: dict[str, Tensor], index: list[int],
+                  grad_scale: float | Tensor | None) -> list[Tensor]:
+        """The present tasks' losses as separate tensors: the backward of each visits its own head only."""
+        parts = [losses[self.task_names[i]] for i in index]
+        return parts if grad_scale is None else [loss * grad_scale for loss in parts]
+
+    def _head_params(self, index: list[int], stacked: Tensor, shared: list[Tensor],
+                     task_params: dict[str, Iterable[nn.Parameter]] | None) -> list[Tensor]:
+        shared_ids = {id(p) for p in shared}
+        if task_params is None:
+            candidates = leaf_parameters([stacked])
+        else:
+            candidates = [p for i in index for p in task_params.get(self.task_names[i], ())]
+        return [p for p in trainable(candidates) if id(p) not in shared_ids]
+
+    def _representations(self, representation: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
+        if representation is None:
+            raise ValueError(f"{self.method.label}: grad_mode 'rep' needs the shared representation "
+                             "(representation=...)")
+        reps = [representation] if isinstance(representation, Tensor) else list(representation)
+        if not all(z.requires_grad for z in reps):
+            raise ValueError(f"{self.method.label}: the representation does not require grad")
+        return reps
+
+    # ------------------------------------------------------------------------------------------ data parallel
+
+    def _global_jacobian(self, J: Tensor) -> Tensor:
+        """``J`` of the global batch from this process's (one process: ``J`` itself)."""
+        return J
+
+    def _gramian(self, J: Tensor) -> Tensor:
+        """``G = J J^T`` of the global batch in ``rep`` mode (one process: of ``J``)."""
+        return gramian(J)
+
+    def _mark_reduced(self, params: list[Tensor]) -> None:
+        """``params`` hold their global gradient already (one process: nothing to do)."""
+
+    def _finish(self, shared: list[Tensor], task_params: dict[str, Iterable[nn.Parameter]] | None) -> None:
+        """Make every gradient of the step global (one process: nothing to do)."""
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        return {"method": self.method.state_dict(), "steps": self.steps, "skipped": dict(self.skipped),
+                "last": self._last.detach().cpu().clone(), "known": self._known.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.steps = int(state["steps"])
+        self.skipped = dict(state["skipped"])
+        self._last = state["last"].clone()
+        self._known = state["known"].clone()
+
+    def __repr__(self) -> str:
+        every = f", update_every={self.update_every}" if self.update_every > 1 else ""
+        mode = f", grad_mode={self.grad_mode!r}" if self.grad_mode != "auto" else ""
+        return f"StepEngine({self.method!r}{mode}{every})"
+
+
+def _scaled(losses: Tensor, grad_scale: float | Tensor | None) -> Tensor:
+    """``losses * grad_scale`` (the losses themselves when there is no scale), for fp16 loss scaling."""
+    return losses if grad_scale is None else losses * grad_scale
