@@ -45,10 +45,11 @@ from graph_mtl.config import ModelConfig, TrainConfig  # noqa: E402
 from graph_mtl.data.base import MultiTaskDataset  # noqa: E402
 from graph_mtl.data.molecules import load_embedded  # noqa: E402
 from graph_mtl.engine.distributed import GradientSync  # noqa: E402
+from graph_mtl.engine.step import StepEngine  # noqa: E402
 from graph_mtl.engine.trainer import Trainer  # noqa: E402
 from graph_mtl.run import build_model  # noqa: E402
 
-#: (label, balancer, balancer_args)
+#: (label, balancer, step-engine settings)
 ROWS: list[tuple[str, str, dict]] = [
     ("ew", "ew", {}),
     ("uw", "uw", {}),
@@ -85,8 +86,8 @@ def worker(rank: int, world: int, args: argparse.Namespace, init: str, out: str)
                                             virtual_node=True), bench)
             sync = GradientSync(rank, world)
             cfg = TrainConfig(lr=1e-3, grad_clip=None, progress=False, standardize_targets=False)
-            trainer = Trainer(model, create(name, [t.name for t in tasks], **kwargs), cfg, graphs, device=device,
-                              sync=sync)
+            engine = StepEngine(create(name, [t.name for t in tasks]), **kwargs)
+            trainer = Trainer(model, engine, cfg, graphs, device=device, sync=sync)
             times, collective = [], {k: [] for k in ("losses", "balancer", "gradients")}
             for k in range(args.warmup + args.steps):
                 before = {kind: v[0] for kind, v in sync.stats.items()}

@@ -1,14 +1,16 @@
 """Step time of every balancer on one model and one fixed list of batches, as a ratio to equal weighting.
 
-A step is ``zero_grad`` + forward + task losses + ``balancer.backward`` + ``optimizer.step`` (Adam, no gradient
-clipping), timed with ``time.perf_counter`` (CUDA synchronised before and after). Every row restarts from the
-same initial weights with a fresh optimizer and runs ``--warmup`` untimed steps, then ``--steps`` timed steps
-over the same batches; the table gives the median (and mean) over the timed steps.
+A step is ``zero_grad`` + forward + task losses + the step engine's ``backward`` + ``optimizer.step`` (Adam, no
+gradient clipping; for FAMO by default also the re-evaluation of the batch after the step, as in the Trainer),
+timed with ``time.perf_counter`` (CUDA synchronised before and after). Every row restarts from the same initial
+weights with a fresh optimizer and runs ``--warmup`` untimed steps, then ``--steps`` timed steps over the same
+batches; the table gives the median (and mean) over the timed steps.
 
 The model is a GIN encoder with a virtual node (OGB atom encoder) and one graph head per task; the tasks are
 ``T`` synthetic binary graph tasks derived deterministically from the embedded dataset's real labels (see
 :func:`synthetic_labels`). Rows: every registered balancer in its default mode, every gradient method in
-``exact`` and ``rep`` mode, ``pcgrad`` with ``update_every=10``, and ``naive``: a per-task reference loop
+``exact`` and ``rep`` mode, ``pcgrad`` with ``update_every=10``, FAMO with its same-batch re-evaluation and
+with the free next-batch estimate, and ``naive``: a per-task reference loop
 (:class:`NaivePCGrad`) with T backward passes and PCGrad's projection in Python loops, and ``ew`` once more at
 the end (a drift check: the machine may be shared).
 
@@ -36,10 +38,12 @@ import torch_geometric
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from graph_mtl.balancers import BALANCERS, GradientBalancer, create
+from graph_mtl.balancers import BALANCERS, create
 from graph_mtl.config import ModelConfig
 from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.data.molecules import load_embedded
+from graph_mtl.engine.step import StepEngine
+from graph_mtl.engine.trainer import losses_after_step
 from graph_mtl.models import MultiTaskGNN
 from graph_mtl.run import build_model
 from graph_mtl.tasks import Task, task_losses
@@ -140,7 +144,8 @@ class Row:
 
     method: str
     mode: str
-    kwargs: dict = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)  # StepEngine settings
+    kwargs: dict = field(default_factory=dict)  # method arguments
     times_ms: list[float] = field(default_factory=list)
     peak_mib: float | None = None
     error: str | None = None
@@ -169,10 +174,13 @@ def plan_rows(methods: list[str] | None, modes: list[str] | None = None) -> list
     for name in names:
         if name == "ew" or name not in wanted:
             continue
-        if issubclass(BALANCERS[name], GradientBalancer):
-            rows += [Row(name, "exact", {"grad_mode": "exact"}), Row(name, "rep", {"grad_mode": "rep"})]
+        if BALANCERS[name].family in ("gramian", "aggregator"):
+            rows += [Row(name, "exact", engine={"grad_mode": "exact"}), Row(name, "rep", engine={"grad_mode": "rep"})]
             if name == "pcgrad":
-                rows.append(Row(name, "exact every 10", {"grad_mode": "exact", "update_every": 10}))
+                rows.append(Row(name, "exact every 10", engine={"grad_mode": "exact", "update_every": 10}))
+        elif name == "famo":  # the paper's re-evaluation of the batch after the step, and the free estimate
+            rows += [Row(name, "default (same batch)"),
+                     Row(name, "default (next batch)", kwargs={"estimate": "next_batch"})]
         else:
             rows.append(Row(name, "default"))
     if NAIVE in wanted:
@@ -204,7 +212,8 @@ def measure(row: Row, model: MultiTaskGNN, initial: dict, batches: list[Batch], 
     heads = [p for n in names for p in task_params[n]]
     last_shared = list(model.last_shared_parameters())
     try:
-        balancer = NaivePCGrad(seed) if row.method == NAIVE else create(row.method, names, **row.kwargs)
+        balancer = (NaivePCGrad(seed) if row.method == NAIVE
+                    else StepEngine(create(row.method, names, **row.kwargs), **row.engine))
     except ValueError as err:
         row.error = str(err).splitlines()[0]
         return
@@ -219,6 +228,8 @@ def measure(row: Row, model: MultiTaskGNN, initial: dict, batches: list[Batch], 
             balancer.backward(losses, shared_params=shared, representation=out.shared_repr,
                               task_params=task_params, last_shared_params=last_shared)
         optimizer.step()
+        if not isinstance(balancer, NaivePCGrad) and balancer.wants_losses_after_step:
+            balancer.after_step(losses_after_step(model, batch, lambda preds, b: task_losses(model.tasks, preds, b)))
 
     try:
         for k in range(warmup):
@@ -284,7 +295,8 @@ def settings_text(args: argparse.Namespace, device: torch.device, info: dict) ->
         f"head per task; {info['shared']:,} shared parameters",
         f"- data: {args.steps} fixed batches of {args.batch_size} embedded molecules "
         f"({info['nodes']:.0f} nodes per batch on average), synthetic binary tasks, seed {args.seed}",
-        f"- step: zero_grad + forward + losses + balancer.backward + Adam step; {args.warmup} warm-up steps, "
+        f"- step: zero_grad + forward + losses + step engine backward (+ FAMO re-evaluation) + Adam step; "
+        f"{args.warmup} warm-up steps, "
         f"then the median / mean over {args.steps} timed steps",
         f"- peak memory: {memory}",
         "",
