@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                                                                 "runs/compare); rerun to resume")
     compare.add_argument("--baselines", metavar="FILE", help="known single-task test metrics (JSON {task: value} or "
                                                               "CSV task,value) instead of training them")
+    compare.add_argument("--jobs", type=int, default=1, metavar="N",
+                         help="train N runs at once, each in its own process (default: 1)")
     compare.add_argument("--main-task", metavar="TASK", help="delta-m on this task only (the others are auxiliary)")
     compare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub.add_parser("list", help="list datasets, encoders, pooling and balancers")
@@ -284,7 +286,9 @@ def _compare(args: argparse.Namespace) -> int:
     balancers = [b.strip() for b in args.balancers.split(",") if b.strip()]
     from graph_mtl.compare import compare, table_rows
 
-    summary = compare(config, balancers, seeds, Path(args.out), args.baselines, args.main_task)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs: must be an integer >= 1, got {args.jobs}")
+    summary = compare(config, balancers, seeds, Path(args.out), args.baselines, args.main_task, jobs=args.jobs)
     rows = table_rows(summary)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()

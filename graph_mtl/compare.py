@@ -143,19 +143,75 @@ def run_state(folder: Path, config: Config) -> str:
     return "resume" if (folder / "last.pt").is_file() else "new"
 
 
-def execute(plan: Plan, log: Callable[[str], None] = print) -> dict[tuple[str, int], dict[str, Any]]:
-    """Train what is missing (resuming interrupted runs) and return every run's ``results.json``."""
+def execute(plan: Plan, log: Callable[[str], None] = print, jobs: int = 1) -> dict[tuple[str, int], dict[str, Any]]:
+    """Train what is missing (resuming interrupted runs) and return every run's ``results.json``.
+
+    ``jobs > 1`` trains that many runs at once, each in its own process with ``train.threads`` (or, when it is
+    unset, ``cpu_count // jobs``) threads; each run's console goes to ``OUT/logs/<run>.log`` and this log gets a
+    line when a run starts and when it ends. Runs are independent, so the results are those of ``jobs = 1``."""
     from graph_mtl.run import train
 
-    results = {}
     runs = run_configs(plan)
+    pending = []
     for number, ((name, seed), (folder, config)) in enumerate(runs.items(), start=1):
         state = run_state(folder, config)
         log(f"[compare {number}/{len(runs)}] {name} seed {seed}: {state} ({folder})")
-        if state != "done":
-            train(config, folder, resume=folder / "last.pt" if state == "resume" else None, log=log)
-        results[(name, seed)] = json.loads((folder / "results.json").read_text())
-    return results
+        if state == "done":
+            continue
+        resume = folder / "last.pt" if state == "resume" else None
+        if jobs == 1:
+            train(config, folder, resume=resume, log=log)
+        else:
+            pending.append((name, seed, folder, config, resume))
+    if pending:
+        _train_in_parallel(plan, pending, jobs, log)
+    return {key: json.loads((folder / "results.json").read_text()) for key, (folder, _) in runs.items()}
+
+
+def _train_in_parallel(plan: Plan, pending: list[tuple[str, int, Path, Config, Path | None]], jobs: int,
+                       log: Callable[[str], None]) -> None:
+    """The runs of ``pending`` in ``jobs`` spawned processes; the first failure is raised after the others end."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    logs = plan.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    failures = []
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for name, seed, folder, config, resume in pending:
+            if config.train.threads is None:
+                config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
+            log_file = logs / f"{name.replace('/', '__')}-seed{seed}.log"
+            futures[pool.submit(_train_logged, config, folder, resume, log_file)] = (name, seed, log_file)
+        for future in as_completed(futures):
+            name, seed, log_file = futures[future]
+            try:
+                minutes = future.result()
+                log(f"[compare] {name} seed {seed}: done in {minutes:.1f} min")
+            except Exception as error:  # noqa: BLE001 - reported with its log, raised once all have ended
+                failures.append(error)
+                log(f"[compare] {name} seed {seed}: failed ({error}); its console: {log_file}")
+    if failures:
+        raise failures[0]
+
+
+def _train_logged(config: Config, folder: Path, resume: Path | None, log_file: Path) -> float:
+    """One run of a parallel compare (in a worker process): its console into ``log_file``; minutes taken."""
+    import time
+
+    from graph_mtl.run import train
+
+    started = time.perf_counter()
+    with log_file.open("a") as handle:
+        def log(line: str) -> None:
+            handle.write(line + "\n")
+            handle.flush()
+
+        train(config, folder, resume=resume, log=log)
+    return (time.perf_counter() - started) / 60
 
 
 def _test_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -252,10 +308,10 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
 
 def compare(config: Config, balancers: list[str], seeds: list[int], out: str | Path,
             baselines: str | Path | None = None, main_task: str | None = None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
     """Plan, train what is missing, summarise and write the table (module docstring); returns the summary."""
     plan = make_plan(config, balancers, seeds, out, baselines, main_task)
     plan.out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(plan, execute(plan, log))
+    summary = summarise(plan, execute(plan, log, jobs))
     write_outputs(summary, plan.out)
     return summary

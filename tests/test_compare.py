@@ -74,8 +74,24 @@ def test_baselines_file_and_main_task_skip_single_task_training(tmp_path, monkey
     assert "Δm%" in capsys.readouterr().out
 
 
+def test_parallel_jobs_train_the_same_runs_as_one_job(tmp_path):
+    """--jobs 2: every run in its own process, its console in OUT/logs, the same results as one job at a time."""
+    config = load_config(None, [*TINY, "train.threads=1"])
+    lines: list[str] = []
+    one = compare(config, ["ew", "pcgrad"], [0], tmp_path / "one", log=lambda _: None)
+    two = compare(config, ["ew", "pcgrad"], [0], tmp_path / "two", log=lines.append, jobs=2)
+    assert sorted(p.name for p in (tmp_path / "two" / "logs").iterdir()) == [
+        "ew-seed0.log", "pcgrad-seed0.log", "single-task__alpha-seed0.log", "single-task__mu-seed0.log"]
+    assert sum("done in" in line for line in lines) == 4
+    for name in ("ew", "pcgrad"):
+        assert two["balancers"][name]["delta_m"]["mean"] == pytest.approx(one["balancers"][name]["delta_m"]["mean"],
+                                                                          rel=1e-5, abs=1e-8)
+    assert two["baselines"] == pytest.approx(one["baselines"], rel=1e-5)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--balancers", "ew,nope"], "--balancers"),
+    (["--balancers", "ew", "--jobs", "0"], "--jobs"),
     (["--balancers", "ew", "--main-task", "nope"], "--main-task"),
     (["--balancers", "ew", "--baselines", "missing.json"], "--baselines"),
 ])
