@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from graph_mtl.config import Config
+from graph_mtl.config import Config, TrainConfig
 from graph_mtl.tasks import MAXIMISED_METRICS
 
 SINGLE = "single-task"
@@ -126,11 +126,27 @@ def run_configs(plan: Plan) -> dict[tuple[str, int], tuple[Path, Config]]:
                                                       dataclasses.replace(base, seed=plan.seeds[0], data=data,
                                                                           train=train))
     for balancer in plan.balancers:
-        train = dataclasses.replace(base.train, balancer=balancer)
+        train = balancer_train(base.train, balancer, plan.tasks)
         for seed in plan.seeds:
             runs[(balancer, seed)] = (plan.out / balancer / f"seed{seed}", dataclasses.replace(base, seed=seed,
                                                                                                 train=train))
     return runs
+
+
+def balancer_train(train: TrainConfig, balancer: str, tasks: list[str]) -> TrainConfig:
+    """``train`` with ``balancer``; a ``train.grad_mode`` the method does not take (a loss weighting, or a method
+    whose state is per parameter) becomes the method's own mode, so one compare can set ``rep`` for the rest."""
+    from graph_mtl.run import build_balancer
+
+    chosen = dataclasses.replace(train, balancer=balancer)
+    if train.grad_mode is None:
+        return chosen
+    try:
+        build_balancer(chosen, tasks)
+    except ValueError as error:
+        if str(error).startswith("train.grad_mode:"):
+            return dataclasses.replace(chosen, grad_mode=None)
+    return chosen
 
 
 def run_state(folder: Path, config: Config) -> str:
@@ -219,17 +235,25 @@ def _test_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def summarise(plan: Plan, results: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
-    """Baselines, per-balancer per-task mean/std, delta-m per seed, its mean/std and the rank (1 = lowest)."""
+    """Baselines, per-balancer per-task mean/std, delta-m per seed, its mean/std, the rank (1 = lowest), the
+    gradient mode that ran (``-`` for a loss weighting) and minutes per run."""
+    from graph_mtl.run import build_balancer
+
     baselines = dict(plan.known)
     for task in plan.reference:
         if task not in baselines:
             baselines[task] = _test_metrics(results[(f"{SINGLE}/{task}", plan.seeds[0])])[task]
     rows = {}
+    configs = run_configs(plan)
     for balancer in plan.balancers:
         per_seed = [_test_metrics(results[(balancer, seed)]) for seed in plan.seeds]
         deltas = [delta_m(m, baselines, plan.maximise) for m in per_seed]
+        mode = build_balancer(configs[(balancer, plan.seeds[0])][1].train, plan.tasks).grad_mode
+        mode = "-" if mode == "auto" else mode
         rows[balancer] = {"tasks": {t: _mean_std([m[t] for m in per_seed if t in m]) for t in plan.tasks},
-                          "delta_m": _mean_std(deltas), "delta_m_seeds": deltas}
+                          "delta_m": _mean_std(deltas), "delta_m_seeds": deltas, "grad_mode": mode,
+                          "minutes": _mean_std([results[(balancer, seed)].get("seconds", math.nan) / 60
+                                                for seed in plan.seeds])}
     order = sorted(rows, key=lambda b: rows[b]["delta_m"]["mean"])
     for rank, balancer in enumerate(order, start=1):
         rows[balancer]["rank"] = rank
@@ -253,12 +277,14 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     """Header and rows: single-task first, then the balancers by rank."""
     tasks = summary["tasks"]
     arrows = {t: "↑" if summary["metrics"][t] in MAXIMISED_METRICS else "↓" for t in tasks}
-    header = ["method", *[f"{t} ({summary['metrics'][t]} {arrows[t]})" for t in tasks], "Δm% ↓", "rank"]
+    header = ["method", *[f"{t} ({summary['metrics'][t]} {arrows[t]})" for t in tasks], "Δm% ↓", "rank",
+              "grad_mode", "min/run"]
     base = summary["baselines"]
-    single = [SINGLE, *[f"{base[t]:.4g}" if t in base else "-" for t in tasks], "0", "-"]
+    single = [SINGLE, *[f"{base[t]:.4g}" if t in base else "-" for t in tasks], "0", "-", "-", "-"]
     rows = [header, single]
     for balancer, row in sorted(summary["balancers"].items(), key=lambda kv: kv[1]["rank"]):
-        rows.append([balancer, *[_cell(row["tasks"][t]) for t in tasks], _cell(row["delta_m"], 3), str(row["rank"])])
+        rows.append([balancer, *[_cell(row["tasks"][t]) for t in tasks], _cell(row["delta_m"], 3), str(row["rank"]),
+                     row["grad_mode"], f"{row['minutes']['mean']:.1f}"])
     return rows
 
 
@@ -275,13 +301,14 @@ def write_outputs(summary: dict[str, Any], out: Path) -> list[Path]:
     with paths[1].open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", *[f"{t}_{s}" for t in summary["tasks"] for s in ("mean", "std")],
-                         "delta_m_mean", "delta_m_std", "rank"])
+                         "delta_m_mean", "delta_m_std", "rank", "grad_mode", "minutes_mean"])
         writer.writerow([SINGLE, *[x for t in summary["tasks"] for x in (summary["baselines"].get(t, ""), "")],
-                         0.0, "", ""])
+                         0.0, "", "", "", ""])
         for balancer, row in summary["balancers"].items():
             writer.writerow([balancer, *[x for t in summary["tasks"] for x in (row["tasks"][t]["mean"],
                                                                               row["tasks"][t]["std"])],
-                             row["delta_m"]["mean"], row["delta_m"]["std"], row["rank"]])
+                             row["delta_m"]["mean"], row["delta_m"]["std"], row["rank"], row["grad_mode"],
+                             row["minutes"]["mean"]])
     paths[2].write_text(json.dumps(summary, indent=2) + "\n")
     _plot(summary, paths[3])
     return paths

@@ -9,7 +9,7 @@ import pytest
 
 import graph_mtl.run
 from graph_mtl.cli import main
-from graph_mtl.compare import compare, delta_m, read_baselines
+from graph_mtl.compare import compare, delta_m, make_plan, read_baselines, run_configs
 from graph_mtl.config import load_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "qm9pack"
@@ -87,6 +87,14 @@ def test_parallel_jobs_train_the_same_runs_as_one_job(tmp_path):
         assert two["balancers"][name]["delta_m"]["mean"] == pytest.approx(one["balancers"][name]["delta_m"]["mean"],
                                                                           rel=1e-5, abs=1e-8)
     assert two["baselines"] == pytest.approx(one["baselines"], rel=1e-5)
+
+
+def test_grad_mode_goes_to_the_methods_that_take_it(tmp_path):
+    """train.grad_mode rep: pcgrad runs in rep; ew (a loss weighting) and dbmtl (per-parameter state) keep theirs."""
+    config = load_config(None, [*TINY, "train.grad_mode=rep"])
+    runs = run_configs(make_plan(config, ["ew", "pcgrad", "dbmtl"], [0], tmp_path))
+    assert {name: cfg.train.grad_mode for (name, _), (_, cfg) in runs.items()} == {
+        "single-task/mu": None, "single-task/alpha": None, "ew": None, "pcgrad": "rep", "dbmtl": None}
 
 
 @pytest.mark.parametrize("args, message", [
