@@ -135,9 +135,11 @@ def start_trainer(dataset, balancer: str, args: argparse.Namespace, device: torc
 
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    model = build_model(ModelConfig(conv="gine", hidden=args.hidden, num_layers=args.layers, virtual_node=True),
-                        dataset)
-    cfg = TrainConfig(epochs=1, balancer=balancer, balancer_args=dict(balancer_args), grad_clip=None,
+    model = build_model(ModelConfig(conv="gine", hidden=args.hidden, num_layers=args.layers, virtual_node=True,
+                                    grouped_heads=GROUPED[args.grouped_heads]), dataset)
+    method_args = dict(balancer_args)
+    grad_mode = method_args.pop("grad_mode", None)  # a setting of the step engine, not of the method
+    cfg = TrainConfig(epochs=1, balancer=balancer, balancer_args=method_args, grad_mode=grad_mode, grad_clip=None,
                       progress=False)
     names = [t.name for t in dataset.tasks]
     trainer = Trainer(model, build_balancer(cfg, names), cfg, dataset.splits["train"], device=device,
@@ -180,6 +182,9 @@ def fixed_batches(dataset, batch_size: int, count: int, device: torch.device) ->
     return [batches[k % len(batches)] for k in range(count)]
 
 
+#: ``--grouped-heads`` -> ``model.grouped_heads``
+GROUPED: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
 #: the balancer families of the step-time columns: (label, balancer, balancer_args)
 FAMILIES: tuple[tuple[str, str, dict], ...] = (
     ("ew", "ew", {}),
@@ -197,6 +202,7 @@ def measure(num_tasks: int, args: argparse.Namespace, device: torch.device) -> d
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer, row["startup_s"] = start_trainer(dataset, "ew", args, device)
+    row["heads"] = "grouped" if trainer.model.grouped is not None else "separate"
     row["epoch_s"] = epoch_seconds(trainer, dataset, args, device)
     multi = multilabel_view(dataset)
     ml_trainer, row["startup_ml_s"] = start_trainer(multi, "ew", args, device)
@@ -219,13 +225,13 @@ def measure(num_tasks: int, args: argparse.Namespace, device: torch.device) -> d
 def table(rows: list[dict]) -> str:
     """The Markdown table of the measured rows."""
     labels = [label for label, _, _ in FAMILIES]
-    head = ["T", "start-up s", "epoch s (columns)", "epoch s (multilabel)", "epoch ratio",
+    head = ["T", "heads", "start-up s", "epoch s (columns)", "epoch s (multilabel)", "epoch ratio",
             *[f"{label} step" for label in labels], "peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         ew = row["step_ms"]["ew"]
-        cells = [str(row["T"]), f"{row['startup_s']:.2f}", f"{row['epoch_s']:.1f}", f"{row['epoch_ml_s']:.1f}",
-                 f"{row['epoch_s'] / row['epoch_ml_s']:.2f}x"]
+        cells = [str(row["T"]), row["heads"], f"{row['startup_s']:.2f}", f"{row['epoch_s']:.1f}",
+                 f"{row['epoch_ml_s']:.1f}", f"{row['epoch_s'] / row['epoch_ml_s']:.2f}x"]
         for label in labels:
             ms = row["step_ms"][label]
             cells.append("-" if ms is None else f"{ms:.0f} ms" if label == "ew" else f"{ms / ew:.2f}x")
@@ -241,7 +247,8 @@ def settings_text(args: argparse.Namespace, device: torch.device) -> str:
         f"- device: {device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, torch_geometric "
         f"{torch_geometric.__version__}, Python {platform.python_version()}",
         f"- data: {args.graphs} generated molecules (80/10/10), T sparse binary graph tasks, seed {args.seed}",
-        f"- model: GINE + virtual node, {args.layers} layers x {args.hidden}, one 2-layer graph head per task",
+        f"- model: GINE + virtual node, {args.layers} layers x {args.hidden}, a 2-layer graph head per task "
+        f"(--grouped-heads {args.grouped_heads}: grouped = one batched module of all heads)",
         f"- start-up: build_model + build_balancer + Trainer(...); epoch: ew, one training epoch of batches of "
         f"{args.batch_size} + one validation pass; steps: median of {args.steps} after {args.warmup} warm-up, "
         "as a ratio to ew (exact-mode rows above --exact-max-tasks are skipped: -)",
@@ -262,6 +269,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--exact-max-tasks", type=int, default=128,
                         help="skip exact-mode gradient rows above this T (T backward passes per step)")
+    parser.add_argument("--grouped-heads", choices=sorted(GROUPED), default="auto",
+                        help="model.grouped_heads: auto (grouped from 32 tasks), on or off")
     parser.add_argument("--plain-names", action="store_true", help="name the tasks t0, t1, ... (identifiers)")
     parser.add_argument("--startup-only", action="store_true", help="measure the start-up time only")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

@@ -84,6 +84,9 @@ class ModelConfig:
     pool: str = "mean"
     head_layers: int = 2
     head_hidden: int | None = None
+    #: one grouped module for all heads of one-output graph tasks (batched products: many tasks train as fast as
+    #: a few); ``None``: grouped from 32 such tasks on
+    grouped_heads: bool | None = None
     vn_norm: str = "batch"
 
 

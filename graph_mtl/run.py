@@ -91,7 +91,7 @@ def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task
         heads=cfg.heads, pna_deg=inputs["pna_deg"], vn_norm=cfg.vn_norm,
     )
     return MultiTaskGNN(encoder, tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
-                        head_layers=cfg.head_layers, head_dropout=cfg.dropout)
+                        head_layers=cfg.head_layers, head_dropout=cfg.dropout, grouped_heads=cfg.grouped_heads)
 
 
 def build_balancer(cfg: TrainConfig, task_names: list[str]) -> StepEngine:

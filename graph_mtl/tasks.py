@@ -286,12 +286,27 @@ def column_losses(tasks: list[Task], preds: dict[str, Tensor], batch,
     target = torch.where(mask, y, torch.zeros_like(y))
     weight = mask / counts.clamp(min=1)
     loss = first.loss
+    matrix = _columns_of_one_matrix(tasks, preds)
+    if matrix is not None:  # columns of one prediction matrix (grouped heads): one loss operation for all tasks
+        values = _weighted_loss(loss, matrix.float(), target, weight, dim=0).unbind()
+        return {task.name: values[i] for i, task in enumerate(tasks) if present[i]}
     if not any(preds[task.name].requires_grad for task in tasks):
         values = _weighted_loss(loss, torch.cat([preds[task.name].float() for task in tasks], dim=1), target, weight,
                                 dim=0)
         return {task.name: values[i] for i, task in enumerate(tasks) if present[i]}
     return {task.name: _weighted_loss(loss, preds[task.name].float(), target[:, i:i + 1], weight[:, i:i + 1])
             for i, task in enumerate(tasks) if present[i]}
+
+
+def _columns_of_one_matrix(tasks: list[Task], preds: dict[str, Tensor]) -> Tensor | None:
+    """``[n, len(tasks)]``: the tasks' predictions as columns of the one matrix they are views of (grouped heads
+    return such predictions), or ``None``."""
+    matrix = getattr(preds, "matrix", None)
+    position = getattr(preds, "position", {})
+    if matrix is None or any(task.name not in position for task in tasks):
+        return None
+    index = [position[task.name] for task in tasks]
+    return matrix if index == list(range(matrix.shape[1])) else matrix[:, index]
 
 
 def _weighted_loss(loss: str, pred: Tensor, target: Tensor, weight: Tensor, dim: int | None = None) -> Tensor:

@@ -20,6 +20,7 @@ weights and the combination are computed with autocast disabled (:func:`fp32_mat
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable, Sequence
 
@@ -27,6 +28,35 @@ import torch
 from torch import Tensor
 
 from graph_mtl.balancers.args import integer
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRows:
+    """A representation ``[T, ...]`` whose row ``i`` is read by task ``i``'s loss only (all tasks, in the step
+    engine's order): a shared tensor expanded once per task before grouped heads. ``dL_i/dZ`` is then row ``i``
+    of the gradient of ``sum_i L_i`` at it, so ONE backward gives every task's gradient at the shared
+    representation, where :class:`JacobianEngine` needs one backward per task."""
+
+    tensor: Tensor
+
+    def jacobian(self, summed_loss: Tensor, index: Sequence[int]) -> Tensor:
+        """``J [len(index), D]``: rows ``index`` of the gradient of ``summed_loss`` (``sum_i L_i``)."""
+        (grad,) = torch.autograd.grad(summed_loss, self.tensor, retain_graph=True)
+        return grad[list(index)].reshape(len(index), -1)
+
+    def pullbacks(self, J: Tensor) -> list[Tensor]:
+        """Scalars ``<Z, J_i>`` (``Z`` the shared tensor that row 0 views, ``J_i`` held constant): the gradient of
+        the ``i``-th at any parameter is ``J_i``'s vector-Jacobian product there, i.e. task ``i``'s gradient when
+        ``J_i = dL_i/dZ``. Their per-task backward visits the encoder only, not the ``T`` grouped heads."""
+        base = self.tensor[0].reshape(-1)
+        return [(base * row.detach().to(base.dtype)).sum() for row in J]
+
+    def update_gradient(self, update: Tensor) -> Tensor:
+        """A gradient for :attr:`tensor` whose backward to the shared tensor it expands is ``update [D]``: the
+        expansion sums its rows, so ``update`` goes in row 0 and zeros in the others."""
+        grad = torch.zeros_like(self.tensor)
+        grad[0] = update.view_as(self.tensor[0]).to(grad.dtype)
+        return grad
 
 
 def trainable(params: Iterable[Tensor] | None) -> list[Tensor]:

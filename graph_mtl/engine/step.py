@@ -17,7 +17,9 @@ step, through one entry point, :meth:`StepEngine.backward`:
   - a **Gramian weighting** or an **aggregator**: per-task gradients ``J [t, D]``, taken where
     ``grad_mode`` says: ``"exact"`` at the shared parameters (one batched vector-Jacobian product, the
     update ``w^T J`` written straight into ``.grad``) or ``"rep"`` at the shared representation ``Z``
-    (backward passes through the heads only; then ONE backward of ``Z`` with ``sum_i w_i dL_i/dZ``). A
+    (backward passes through the heads only, or ONE backward where the representation is given as
+    :class:`~graph_mtl.engine.gradients.TaskRows`, as grouped heads do; then ONE backward of ``Z`` with
+    ``sum_i w_i dL_i/dZ``). A
     Gramian method gets ``G = J J^T`` in float64 at its true scale; an aggregator gets ``J``. Every head gets
     the plain gradient of its own loss.
 
@@ -45,6 +47,7 @@ from graph_mtl.balancers.args import ArgumentError, choice, integer
 from graph_mtl.balancers.base import Aggregator, GramianWeighting, LastLayerWeighting, LossWeighting, Method
 from graph_mtl.engine.gradients import (
     JacobianEngine,
+    TaskRows,
     accumulate,
     accumulate_grads,
     fp32_math,
@@ -116,7 +119,7 @@ class StepEngine:
     # ------------------------------------------------------------------------------------------ the step
 
     def backward(self, losses: dict[str, Tensor], *, shared_params: Iterable[nn.Parameter],
-                 representation: Tensor | Sequence[Tensor] | None = None,
+                 representation: Tensor | Sequence[Tensor] | TaskRows | None = None,
                  task_params: dict[str, Iterable[nn.Parameter]] | None = None,
                  last_shared_params: Iterable[nn.Parameter] | None = None,
                  grad_scale: float | Tensor | None = None) -> Tensor | None:
@@ -208,7 +211,7 @@ class StepEngine:
             return self.method.weights(gramian(J), values, index)
 
     def _gradient_step(self, losses: dict[str, Tensor], index: list[int], stacked: Tensor, values: Tensor,
-                       shared: list[Tensor], representation: Tensor | Sequence[Tensor] | None,
+                       shared: list[Tensor], representation: Tensor | Sequence[Tensor] | TaskRows | None,
                        task_params: dict[str, Iterable[nn.Parameter]] | None,
                        grad_scale: float | Tensor | None) -> Tensor:
         heads = self._head_params(index, stacked, shared, task_params)
@@ -223,10 +226,16 @@ class StepEngine:
                 torch.autograd.backward((w.to(stacked.dtype) * scaled).sum(), inputs=shared)
             return w
         exact = self.grad_mode == "exact"
-        targets = shared if exact else self._representations(representation)
+        rows = representation if isinstance(representation, TaskRows) else None
+        targets = shared if exact else [rows.tensor] if rows is not None else self._representations(representation)
         if not targets:
             raise ValueError(f"{self.method.label}: no shared parameters require grad")
-        J = self.jacobians.jacobian(self._separate(losses, index, grad_scale), targets, retain_graph=not exact)
+        if rows is not None:  # one backward through the grouped heads for every task's gradient at Z
+            J = rows.jacobian(scaled.sum(), index)
+            if exact:  # then one backward per task through the encoder only, from Z with dL_i/dZ
+                J = self.jacobians.jacobian(rows.pullbacks(J), shared, retain_graph=False)
+        else:
+            J = self.jacobians.jacobian(self._separate(losses, index, grad_scale), targets, retain_graph=not exact)
         if exact:
             J = self._global_jacobian(J)
         with fp32_math(stacked.device):
@@ -239,6 +248,8 @@ class StepEngine:
         if exact:
             accumulate(shared, update)
             self._mark_reduced(shared)
+        elif shared and rows is not None:  # the same backward, from the per-task rows of Z
+            torch.autograd.backward(rows.tensor, rows.update_gradient(update), inputs=shared)
         elif shared:  # one backward from Z with sum_i w_i dL_i/dZ (frees the encoder graph)
             parts = update.split([z.numel() for z in targets])
             torch.autograd.backward(targets, [p.view_as(z).to(z.dtype) for p, z in zip(parts, targets)],

@@ -248,7 +248,7 @@ class Trainer:
         weights = self.engine.backward(
             losses,
             shared_params=self._shared,
-            representation=out.shared_repr,
+            representation=out.balancer_repr,
             task_params=self._task_params,
             last_shared_params=self._last_shared,
             grad_scale=grad_scale,

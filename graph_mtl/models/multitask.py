@@ -8,8 +8,17 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from graph_mtl.engine.gradients import TaskRows
 from graph_mtl.models.encoder import GNNEncoder
-from graph_mtl.models.heads import SHARED_LEARNED_POOLS, GraphHead, NodeHead, make_pool, pool_nodes
+from graph_mtl.models.grouped import GroupedGraphHeads
+from graph_mtl.models.heads import (
+    SHARED_LEARNED_POOLS,
+    GraphHead,
+    NodeHead,
+    make_pool,
+    pool_nodes,
+    pooled_width,
+)
 from graph_mtl.tasks import Task
 
 
@@ -26,6 +35,8 @@ class MultiTaskOutput:
     node_repr: Tensor
     graph_repr: Tensor | None = None
     graph_only: bool = False
+    #: with grouped heads: ``graph_repr`` expanded once per task, ``[T, B, width]``, row ``t`` read by task ``t`` only
+    task_rows: Tensor | None = None
 
     @property
     def shared_repr(self) -> Tensor:
@@ -33,6 +44,22 @@ class MultiTaskOutput:
         ``graph_repr`` when every task is graph-level and pooled alike (``[B, width]``: at 128 tasks and
         batches of 128 molecules, 0.04M numbers per task instead of the nodes' 0.6M), else ``node_repr``."""
         return self.graph_repr if self.graph_repr is not None and self.graph_only else self.node_repr
+
+    @property
+    def balancer_repr(self) -> Tensor | TaskRows:
+        """What a rep-mode balancer differentiates: :attr:`task_rows` (every task's gradient at the shared
+        representation in one backward) where the heads are grouped, else :attr:`shared_repr`."""
+        return TaskRows(self.task_rows) if self.task_rows is not None else self.shared_repr
+
+
+class ColumnPreds(dict):
+    """Per-task predictions (a plain ``dict`` to its readers) that are the columns of one ``matrix [B, T]``, in
+    the order of ``names``: losses of many one-column tasks can then be one operation on the matrix."""
+
+    def __init__(self, matrix: Tensor, names: Sequence[str]) -> None:
+        super().__init__((name, matrix[:, i:i + 1]) for i, name in enumerate(names))
+        self.matrix = matrix
+        self.position = {name: i for i, name in enumerate(names)}
 
 
 _ATTRIBUTES = nn.ModuleDict()  # names taken by a ModuleDict's own attributes (``training``, ``type``, ...)
@@ -51,8 +78,25 @@ def head_key(name: str) -> str:
     return "~" + name.replace("%", "%25").replace(".", "%2E")
 
 
+#: ``grouped_heads=None`` groups the heads from this many eligible tasks on (below it separate heads are as fast)
+GROUPED_HEADS_FROM = 32
+
+
+def grouping_blocker(tasks: Sequence[Task], pool: str) -> str | None:
+    """Why these tasks' heads cannot be one :class:`GroupedGraphHeads` (``None``: they can): every task must be
+    graph-level with one output, pooled alike (no per-head learned pooling)."""
+    if any(t.level != "graph" for t in tasks):
+        return "every task must be graph-level"
+    if any(t.num_outputs != 1 for t in tasks):
+        return "every task must have one output (a binary or one-column regression task)"
+    if pool == "attention":
+        return "pool 'attention' learns one pooling per head"
+    return None
+
+
 class MultiTaskGNN(nn.Module):
-    """A shared :class:`GNNEncoder` feeding one :class:`NodeHead` or :class:`GraphHead` per task.
+    """A shared :class:`GNNEncoder` feeding one :class:`NodeHead` or :class:`GraphHead` per task, or, for many
+    one-output graph tasks, one :class:`~graph_mtl.models.grouped.GroupedGraphHeads` for all of them.
 
     ``heads`` is keyed by :func:`head_key` (task names may hold dots, spaces or any character); predictions,
     :meth:`head` and :meth:`task_parameters` use the task names.
@@ -65,10 +109,13 @@ class MultiTaskGNN(nn.Module):
         head_hidden: hidden width of the heads (default: the encoder's width).
         head_layers: linear layers per head.
         head_dropout: dropout inside the heads.
+        grouped_heads: ``True`` for one grouped module of all heads (an error where :func:`grouping_blocker`
+            objects), ``False`` for separate heads, ``None`` to group from :data:`GROUPED_HEADS_FROM` eligible tasks.
     """
 
     def __init__(self, encoder: GNNEncoder, tasks: Sequence[Task], pool: str = "mean",
-                 head_hidden: int | None = None, head_layers: int = 2, head_dropout: float = 0.0) -> None:
+                 head_hidden: int | None = None, head_layers: int = 2, head_dropout: float = 0.0,
+                 grouped_heads: bool | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.tasks = list(tasks)
@@ -76,7 +123,14 @@ class MultiTaskGNN(nn.Module):
         hidden = head_hidden or encoder.hidden
         heads: dict[str, nn.Module] = {}
         shared_learned = pool in SHARED_LEARNED_POOLS
-        for task in self.tasks:
+        blocker = grouping_blocker(self.tasks, pool)
+        if grouped_heads and blocker:
+            raise ValueError(f"model.grouped_heads: {blocker}; set it to false or leave it unset")
+        grouped = blocker is None and (grouped_heads or (grouped_heads is None
+                                                         and len(self.tasks) >= GROUPED_HEADS_FROM))
+        self.grouped = (GroupedGraphHeads(pooled_width(pool, width), len(self.tasks), hidden, head_layers,
+                                          head_dropout) if grouped else None)
+        for task in self.tasks if not grouped else ():
             if task.level == "node":
                 heads[task.name] = NodeHead(width, task.num_outputs, hidden, head_layers, head_dropout)
             else:
@@ -86,11 +140,12 @@ class MultiTaskGNN(nn.Module):
         self.heads = nn.ModuleDict({self._keys[name]: head for name, head in heads.items()})
         self.pool = pool
         graph_heads = [h for h in heads.values() if isinstance(h, GraphHead)]
-        self.graph_pool = make_pool(pool, width) if shared_learned and graph_heads else None
+        any_graph = bool(graph_heads) or grouped
+        self.graph_pool = make_pool(pool, width) if shared_learned and any_graph else None
         # pool once for every graph head when the pooling has no parameters of a head (also one backward through
         # it)
-        self._shared_pool = bool(graph_heads) and not any(h.learned_pool for h in graph_heads)
-        self._graph_only = len(graph_heads) == len(heads)
+        self._shared_pool = any_graph and not any(h.learned_pool for h in graph_heads)
+        self._graph_only = grouped or len(graph_heads) == len(heads)
 
     @property
     def task_names(self) -> list[str]:
@@ -103,6 +158,10 @@ class MultiTaskGNN(nn.Module):
             batch_vec = batch.x.new_zeros(batch.x.size(0), dtype=batch.edge_index.dtype)
         h = self.encoder(batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
         pooled = self._pool(h, batch_vec, num_graphs) if self._shared_pool else None
+        if self.grouped is not None:
+            rows = pooled.unsqueeze(0).expand(len(self.tasks), -1, -1)
+            preds = ColumnPreds(self.grouped(rows), self.task_names)
+            return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=True, task_rows=rows)
         preds = {}
         for name, key in self._keys.items():
             head = self.heads[key]
@@ -122,13 +181,13 @@ class MultiTaskGNN(nn.Module):
         return itertools.chain(self.encoder.parameters(), self.graph_pool.parameters())
 
     def head(self, name: str) -> nn.Module:
-        """The head of task ``name``."""
-        if name not in self._keys:
+        """The head of task ``name`` (the one grouped module of every head where heads are grouped)."""
+        if name not in self.task_names:
             raise KeyError(f"model: no task {name!r}; tasks: {self.task_names}")
-        return self.heads[self._keys[name]]
+        return self.grouped if self.grouped is not None else self.heads[self._keys[name]]
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        """Parameters of one task's head."""
+        """Parameters of one task's head (grouped heads: the group's tensors, whose slice ``t`` is task ``t``'s)."""
         return self.head(name).parameters()
 
     def last_shared_parameters(self) -> Iterator[nn.Parameter]:
