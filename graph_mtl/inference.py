@@ -15,7 +15,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +415,9 @@ def load_checkpoint_file(path: Path, device: torch.device) -> LoadedRun:
         raise ValueError(f"RUN: the config stored in {path} is not valid for this graph_mtl ({error})") from None
     tasks = [task_from_dict(spec) for spec in meta["tasks"]]
     model = model_from_inputs(config.model, meta["model_inputs"], tasks)
+    if model.grouped is not None and not any(key.startswith("grouped.") for key in state["model"]):
+        # written before heads were grouped automatically (many one-output graph tasks): its separate heads
+        model = model_from_inputs(replace(config.model, grouped_heads=False), meta["model_inputs"], tasks)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

@@ -69,6 +69,26 @@ def test_617_tasks_with_dotted_and_spaced_names_train_end_to_end(tmp_path, capsy
     with (out / "metrics.csv").open(newline="") as handle:
         header = next(csv.reader(handle))
     assert f"valid/{ODD[2]}" in header and f"train_loss/{ODD[0]}" in header
+    state = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    assert any(key.startswith("grouped.") for key in state["model"])  # 617 one-output tasks: grouped heads
+    code = main(["predict", str(out), "--input", str(tmp_path / "toxcast.csv"), "--out", str(tmp_path / "p.csv")])
+    assert code == 0
+    with (tmp_path / "p.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * len(SMILES) and all(0.0 <= float(rows[0][name]) <= 1.0 for name in names[:5])
+    # a run written before heads were grouped automatically (separate heads) still loads for predictions
+    from graph_mtl.config import from_dict
+    from graph_mtl.engine.metadata import task_from_dict
+    from graph_mtl.inference import load_run
+    from graph_mtl.run import model_from_inputs
+
+    meta = state["metadata"]
+    old_model = from_dict(meta["config"]).model
+    old_model.grouped_heads = False
+    separate = model_from_inputs(old_model, meta["model_inputs"], [task_from_dict(t) for t in meta["tasks"]])
+    torch.save({**state, "model": separate.state_dict()}, tmp_path / "old.pt")
+    loaded = load_run(tmp_path / "old.pt")
+    assert loaded.model.grouped is None and len(loaded.model.heads) == 617
 
 
 def test_a_gradient_balancer_on_one_task_names_the_task_view():
