@@ -136,7 +136,8 @@ def start_trainer(dataset, balancer: str, args: argparse.Namespace, device: torc
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     model = build_model(ModelConfig(conv="gine", hidden=args.hidden, num_layers=args.layers, virtual_node=True,
-                                    grouped_heads=GROUPED[args.grouped_heads]), dataset)
+                                    head_layers=args.head_layers, grouped_heads=GROUPED[args.grouped_heads]),
+                        dataset)
     method_args = dict(balancer_args)
     grad_mode = method_args.pop("grad_mode", None)  # a setting of the step engine, not of the method
     cfg = TrainConfig(epochs=1, balancer=balancer, balancer_args=method_args, grad_mode=grad_mode, grad_clip=None,
@@ -247,7 +248,8 @@ def settings_text(args: argparse.Namespace, device: torch.device) -> str:
         f"- device: {device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, torch_geometric "
         f"{torch_geometric.__version__}, Python {platform.python_version()}",
         f"- data: {args.graphs} generated molecules (80/10/10), T sparse binary graph tasks, seed {args.seed}",
-        f"- model: GINE + virtual node, {args.layers} layers x {args.hidden}, a 2-layer graph head per task "
+        f"- model: GINE + virtual node, {args.layers} layers x {args.hidden}, a {args.head_layers}-layer graph "
+        "head per task "
         f"(--grouped-heads {args.grouped_heads}: grouped = one batched module of all heads)",
         f"- start-up: build_model + build_balancer + Trainer(...); epoch: ew, one training epoch of batches of "
         f"{args.batch_size} + one validation pass; steps: median of {args.steps} after {args.warmup} warm-up, "
@@ -269,6 +271,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--exact-max-tasks", type=int, default=128,
                         help="skip exact-mode gradient rows above this T (T backward passes per step)")
+    parser.add_argument("--head-layers", type=int, default=2,
+                        help="linear layers per head (1: the column view is the multi-label view's function class)")
     parser.add_argument("--grouped-heads", choices=sorted(GROUPED), default="auto",
                         help="model.grouped_heads: auto (grouped from 32 tasks), on or off")
     parser.add_argument("--plain-names", action="store_true", help="name the tasks t0, t1, ... (identifiers)")

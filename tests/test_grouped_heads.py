@@ -60,6 +60,11 @@ def test_grouped_heads_predict_and_lose_as_separate_heads(batch, tiny_dataset, l
     for name in loss_s:
         assert torch.allclose(loss_g[name], loss_s[name], atol=1e-6)
     assert out_g.task_rows.shape == (len(tasks), batch.num_graphs, 16)
+    grouped.per_task_rows = False  # the first layer as one matrix product from [B, in]: the same numbers
+    out_p = grouped(batch)
+    assert out_p.task_rows is None and not isinstance(out_p.balancer_repr, TaskRows)
+    for name in out_s.preds:
+        assert torch.allclose(out_p.preds[name], out_s.preds[name], atol=1e-6)
 
 
 @pytest.mark.parametrize("method, mode", [("pcgrad", "rep"), ("mgda", "rep"), ("upgrad", "rep"),

@@ -112,6 +112,12 @@ class StepEngine:
         return self.method.task_names  # type: ignore[return-value]
 
     @property
+    def takes_task_gradients(self) -> bool:
+        """Whether a step takes each task's gradient at the shared parameters or representation (Gramian
+        methods and aggregators); loss weightings and last-layer methods do not."""
+        return isinstance(self.method, (GramianWeighting, Aggregator))
+
+    @property
     def wants_losses_after_step(self) -> bool:
         """Whether the trainer should re-evaluate the step's batch after the optimizer step."""
         return self.method.wants_losses_after_step

@@ -118,6 +118,7 @@ class Trainer:
             if not isinstance(engine, DataParallelStepEngine):
                 engine = DataParallelStepEngine.of(engine, sync)  # and from its balancer state
         self.engine = engine
+        self.model.per_task_rows = engine.takes_task_gradients  # grouped heads: rows only for those who take them
         self._shared = list(self.model.shared_parameters())
         self._task_params = {t.name: list(self.model.task_parameters(t.name)) for t in self.tasks}
         self._last_shared = list(self.model.last_shared_parameters())

@@ -11,9 +11,9 @@ slice ``t`` of one ``[T, in_k, out_k]`` weight and computes every head with one 
 is initialised as ``nn.Linear`` initialises itself (weights and bias uniform in ``+-1/sqrt(in_k)``), so a grouped
 head is distributed as ``T`` separate ones.
 
-The input is ``[T, B, in]``: row ``t`` is what head ``t`` reads. The model passes the pooled graph
-representation expanded once per task (a view, no copy), so that row ``t`` of that tensor is read by task ``t``
-alone: one backward of the summed losses then gives every task's gradient at the shared representation
+The input is the pooled graph representation ``[B, in]``, or, where a balancer wants every task's gradient at
+it, that representation expanded once per task (``[T, B, in]``, a view, no copy): row ``t`` is then read by task
+``t`` alone, and one backward of the summed losses gives every task's gradient at the shared representation
 (see :class:`graph_mtl.engine.gradients.TaskRows`).
 """
 
@@ -55,16 +55,23 @@ class GroupedGraphHeads(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
             nn.init.uniform_(bias, -bound, bound)
 
-    def forward(self, rows: Tensor) -> Tensor:
-        """Predictions ``[B, T]`` from ``rows [T, B, in]`` (row ``t`` is head ``t``'s input)."""
-        if rows.dim() != 3 or rows.shape[0] != self.num_heads:
-            raise ValueError(f"grouped heads: expected input [{self.num_heads}, B, in], got {list(rows.shape)}")
-        h = rows
-        last = len(self.weights) - 1
-        for k, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(bias.to(h.dtype), h, weight.to(h.dtype))
-            if k < last:
-                h = self.dropout(torch.relu(h))
+    def forward(self, x: Tensor) -> Tensor:
+        """Predictions ``[B, T]`` from ``x``: the shared input ``[B, in]`` of every head, or per-task rows
+        ``[T, B, in]`` (row ``t`` is head ``t``'s input). The same numbers either way; from ``[B, in]`` the first
+        layer is one matrix product ``[B, in] x [in, T * out]``, which is cheaper in the backward (no ``[T, B, in]``
+        gradient to form and sum)."""
+        if x.dim() == 2:
+            first = self.weights[0]  # [T, in, out] -> [in, T * out]
+            joined = first.permute(1, 0, 2).reshape(first.shape[1], -1).to(x.dtype)
+            h = (x @ joined).view(x.shape[0], self.num_heads, -1)
+            h = h.transpose(0, 1) + self.biases[0].to(h.dtype)
+        elif x.dim() == 3 and x.shape[0] == self.num_heads:
+            h = torch.baddbmm(self.biases[0].to(x.dtype), x, self.weights[0].to(x.dtype))
+        else:
+            raise ValueError(f"grouped heads: expected input [B, in] or [{self.num_heads}, B, in], got "
+                             f"{list(x.shape)}")
+        for weight, bias in zip(self.weights[1:], self.biases[1:]):
+            h = torch.baddbmm(bias.to(h.dtype), self.dropout(torch.relu(h)), weight.to(h.dtype))
         return h.squeeze(-1).T
 
     def extra_repr(self) -> str:

@@ -128,6 +128,9 @@ class MultiTaskGNN(nn.Module):
             raise ValueError(f"model.grouped_heads: {blocker}; set it to false or leave it unset")
         grouped = blocker is None and (grouped_heads or (grouped_heads is None
                                                          and len(self.tasks) >= GROUPED_HEADS_FROM))
+        #: grouped heads read per-task rows of the pooled representation (:attr:`MultiTaskOutput.task_rows`), for
+        #: balancers that take every task's gradient; ``False`` (loss weightings) saves their backward
+        self.per_task_rows = True
         self.grouped = (GroupedGraphHeads(pooled_width(pool, width), len(self.tasks), hidden, head_layers,
                                           head_dropout) if grouped else None)
         for task in self.tasks if not grouped else ():
@@ -159,8 +162,8 @@ class MultiTaskGNN(nn.Module):
         h = self.encoder(batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
         pooled = self._pool(h, batch_vec, num_graphs) if self._shared_pool else None
         if self.grouped is not None:
-            rows = pooled.unsqueeze(0).expand(len(self.tasks), -1, -1)
-            preds = ColumnPreds(self.grouped(rows), self.task_names)
+            rows = pooled.unsqueeze(0).expand(len(self.tasks), -1, -1) if self.per_task_rows else None
+            preds = ColumnPreds(self.grouped(pooled if rows is None else rows), self.task_names)
             return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=True, task_rows=rows)
         preds = {}
         for name, key in self._keys.items():
