@@ -10,6 +10,15 @@ from torch_geometric.data import Data
 from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.tasks import Task
 
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """A run with ``train.threads`` sets torch's thread count for the process; later tests (which compare runs
+    in this process with runs in subprocesses, to the last digit) must not inherit it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
 SMILES = [
     "CCO", "CCN", "CCCl", "c1ccccc1", "c1ccccc1O", "CC(=O)O", "CC(=O)N", "CCOC", "C1CCCCC1", "c1ccncc1",
     "CC(C)O", "OCCO", "CCCC", "CCC(=O)O", "c1ccc(Cl)cc1", "NCCN", "CC#N", "C=CC", "COC(=O)C", "c1ccoc1",
