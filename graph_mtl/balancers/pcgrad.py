@@ -48,13 +48,14 @@ def surgery(G: Tensor, orders: Tensor, coefficient: Coefficient) -> Tensor:
     CG = G.clone()  # C @ G, kept up to date
     rows = torch.arange(t, device=G.device)
     sq = G.diagonal()
+    sq_i = sq.clone()  # ||g_i'||^2, kept up to date: ||g_i' + c g_j||^2 = sq_i + 2 c (g_i'.g_j) + c^2 ||g_j||^2
     for k in range(orders.shape[1]):
         j = orders[:, k]
         dot = CG[rows, j]
-        sq_i = (CG * C).sum(dim=1).clamp_min(0.0)
         c = coefficient(dot, sq_i, sq[j], rows, j)
         C[rows, j] += c
-        CG += c.unsqueeze(1) * G[j]
+        CG.addcmul_(G.index_select(0, j), c.unsqueeze(1))
+        sq_i = (sq_i + c * (2 * dot + c * sq[j])).clamp_min(0.0)
     return C
 
 
