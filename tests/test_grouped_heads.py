@@ -98,6 +98,26 @@ def test_task_rows_give_the_per_task_loop_jacobian_and_the_same_step(batch, tiny
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_gradnorm_reads_the_last_layer_through_the_rows_as_through_the_loop(batch, tiny_dataset):
+    grouped, _, tasks = _pair(tiny_dataset)
+    names = [t.name for t in tasks]
+    steps = {}
+    for kind in ("rows", "loop"):
+        grouped.zero_grad(set_to_none=True)
+        out = grouped(batch)
+        losses = task_losses(tasks, out.preds, batch)
+        engine = StepEngine(create("gradnorm", names))
+        assert engine.takes_task_gradients
+        w = engine.backward(losses, shared_params=list(grouped.shared_parameters()),
+                            representation=out.balancer_repr if kind == "rows" else out.shared_repr,
+                            task_params={n: list(grouped.task_parameters(n)) for n in names},
+                            last_shared_params=list(grouped.last_shared_parameters()))
+        steps[kind] = (w, [p.grad.clone() for p in grouped.parameters()])
+    assert torch.allclose(steps["rows"][0], steps["loop"][0], atol=1e-6)
+    for a, b in zip(steps["rows"][1], steps["loop"][1]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_head_gradients_are_each_tasks_own(batch, tiny_dataset):
     """Slice t of the grouped weights gets the gradient of L_t alone, as a separate head would."""
     grouped, separate, tasks = _pair(tiny_dataset)

@@ -113,9 +113,9 @@ class StepEngine:
 
     @property
     def takes_task_gradients(self) -> bool:
-        """Whether a step takes each task's gradient at the shared parameters or representation (Gramian
-        methods and aggregators); loss weightings and last-layer methods do not."""
-        return isinstance(self.method, (GramianWeighting, Aggregator))
+        """Whether a step takes each task's gradient (Gramian methods and aggregators at the shared parameters or
+        representation, last-layer methods at the last shared layer); loss weightings do not."""
+        return isinstance(self.method, (GramianWeighting, Aggregator, LastLayerWeighting))
 
     @property
     def wants_losses_after_step(self) -> bool:
@@ -152,7 +152,8 @@ class StepEngine:
             w = method.weights(stacked.detach(), index)
             self._weighted_backward(stacked, w, grad_scale)
         elif isinstance(method, LastLayerWeighting):
-            w = self._last_layer_weights(losses, index, values, last_shared_params, grad_scale)
+            w = self._last_layer_weights(losses, index, values, last_shared_params, grad_scale,
+                                         representation if isinstance(representation, TaskRows) else None)
             self._weighted_backward(stacked, w, grad_scale)
         else:
             w = self._gradient_step(losses, index, stacked, values, shared, representation, task_params,
@@ -204,12 +205,17 @@ class StepEngine:
 
     def _last_layer_weights(self, losses: dict[str, Tensor], index: list[int], values: Tensor,
                             last_shared_params: Iterable[nn.Parameter] | None,
-                            grad_scale: float | Tensor | None) -> Tensor:
+                            grad_scale: float | Tensor | None, rows: TaskRows | None = None) -> Tensor:
         last = trainable(last_shared_params)
         if not last:
             raise ValueError(f"{self.method.label} reads the gradients at the last shared layer: pass "
                              "last_shared_params")
-        J = self.jacobians.jacobian(self._separate(losses, index, grad_scale), last, retain_graph=True)
+        if rows is not None:  # one backward through the grouped heads, then per task from Z to the layer only
+            stacked = torch.stack([loss.reshape(()) for loss in self._separate(losses, index, grad_scale)])
+            J = self.jacobians.jacobian(rows.pullbacks(rows.jacobian(stacked.sum(), index)), last,
+                                        retain_graph=True)
+        else:
+            J = self.jacobians.jacobian(self._separate(losses, index, grad_scale), last, retain_graph=True)
         J = self._global_jacobian(J)
         with fp32_math(J.device):
             if grad_scale is not None:
