@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from graph_mtl.config import Config, TrainConfig
+from graph_mtl.config import Config, ConfigError, TrainConfig, from_dict
 from graph_mtl.tasks import MAXIMISED_METRICS
 
 SINGLE = "single-task"
@@ -152,11 +152,21 @@ def balancer_train(train: TrainConfig, balancer: str, tasks: list[str]) -> Train
 def run_state(folder: Path, config: Config) -> str:
     """``done`` (results.json), ``resume`` (last.pt only) or ``new``; an error if the folder holds another config."""
     written = folder / "config.yaml"
-    if written.is_file() and yaml.safe_load(written.read_text()) != yaml.safe_load(yaml.safe_dump(config.to_dict())):
+    if written.is_file() and not _same_config(written, config):
         raise ValueError(f"--out: {folder} was trained with another config; use a new --out folder or delete it")
     if (folder / "results.json").is_file():
         return "done"
     return "resume" if (folder / "last.pt").is_file() else "new"
+
+
+def _same_config(path: Path, config: Config) -> bool:
+    """Whether the config written at ``path``, read by this version (a key added since takes its default, so an
+    upgrade does not orphan finished runs), equals ``config``."""
+    try:
+        written = from_dict(yaml.safe_load(path.read_text()) or {})
+    except (ConfigError, TypeError, ValueError):
+        return False
+    return yaml.safe_load(yaml.safe_dump(written.to_dict())) == yaml.safe_load(yaml.safe_dump(config.to_dict()))
 
 
 def execute(plan: Plan, log: Callable[[str], None] = print, jobs: int = 1) -> dict[tuple[str, int], dict[str, Any]]:

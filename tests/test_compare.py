@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import graph_mtl.run
 from graph_mtl.cli import main
@@ -42,6 +43,10 @@ def test_compare_reuses_finished_runs_and_resumes_an_interrupted_one(tmp_path, m
         assert (out / name).is_file()
     assert set(first["balancers"]) == {"ew", "pcgrad"} and set(first["baselines"]) == {"mu", "alpha"}
     (out / "ew" / "seed0" / "results.json").unlink()  # interrupted after its last checkpoint
+    written = out / "pcgrad" / "seed0" / "config.yaml"  # written by a version without a key added since
+    older = yaml.safe_load(written.read_text())
+    del older["model"]["grouped_heads"]
+    written.write_text(yaml.safe_dump(older))
     calls = []
     real = graph_mtl.run.train
 
