@@ -161,12 +161,18 @@ def run_state(folder: Path, config: Config) -> str:
 
 def _same_config(path: Path, config: Config) -> bool:
     """Whether the config written at ``path``, read by this version (a key added since takes its default, so an
-    upgrade does not orphan finished runs), equals ``config``."""
+    upgrade does not orphan finished runs), equals ``config``; ``train.threads`` says how a run was computed, not
+    what (``--jobs`` sets it), and is not compared."""
     try:
         written = from_dict(yaml.safe_load(path.read_text()) or {})
     except (ConfigError, TypeError, ValueError):
         return False
-    return yaml.safe_load(yaml.safe_dump(written.to_dict())) == yaml.safe_load(yaml.safe_dump(config.to_dict()))
+
+    def identity(cfg: Config) -> Any:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=None))
+        return yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+
+    return identity(written) == identity(config)
 
 
 def execute(plan: Plan, log: Callable[[str], None] = print, jobs: int = 1) -> dict[tuple[str, int], dict[str, Any]]:

@@ -92,6 +92,8 @@ def test_parallel_jobs_train_the_same_runs_as_one_job(tmp_path):
         assert two["balancers"][name]["delta_m"]["mean"] == pytest.approx(one["balancers"][name]["delta_m"]["mean"],
                                                                           rel=1e-5, abs=1e-8)
     assert two["baselines"] == pytest.approx(one["baselines"], rel=1e-5)
+    again = compare(load_config(None, TINY), ["ew", "pcgrad"], [0], tmp_path / "two", log=lines.append)
+    assert again["balancers"]["ew"] == two["balancers"]["ew"]  # --jobs set train.threads; the runs are reused
 
 
 def test_grad_mode_goes_to_the_methods_that_take_it(tmp_path):
