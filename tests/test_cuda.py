@@ -1,0 +1,110 @@
+"""On a GPU: every balancer's update on CUDA against the CPU, AMP steps, the batched per-task product against the
+loop, and a short training run. Skipped where CUDA is absent (``benchmarks/gpu_check.sh`` runs this file)."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from graph_mtl.balancers import BALANCERS, create
+from graph_mtl.engine.gradients import JacobianEngine
+from graph_mtl.engine.step import StepEngine
+from graph_mtl.models import GNNEncoder, MultiTaskGNN
+from graph_mtl.tasks import task_losses
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")]
+
+#: balancers that draw random numbers: their CUDA generator's stream is not the CPU's, so only the shape and
+#: finiteness of their update are compared
+RANDOM = {name for name, cls in BALANCERS.items() if "seed" in inspect.signature(cls).parameters}
+
+
+@pytest.fixture(autouse=True)
+def full_precision_matmul():
+    """TF32 would make CUDA products differ from the CPU's in the 3rd digit."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _step(name: str, device: str, tiny_dataset, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights and the flat update of one balanced step on ``device`` (same weights and batch everywhere)."""
+    torch.manual_seed(0)
+    encoder = GNNEncoder(hidden=16, num_layers=2, conv="gin", node_encoder="atom", norm="none", dropout=0.0)
+    model = MultiTaskGNN(encoder, tiny_dataset.tasks).to(device)
+    batch = Batch.from_data_list(tiny_dataset.splits["train"][:8]).to(device)
+    names = [t.name for t in tiny_dataset.tasks]
+    out = model(batch)
+    losses = task_losses(model.tasks, out.preds, batch)
+    engine = StepEngine(create(name, names), grad_mode=mode)
+    w = engine.backward(losses, shared_params=list(model.shared_parameters()), representation=out.balancer_repr,
+                        task_params={n: list(model.task_parameters(n)) for n in names},
+                        last_shared_params=list(model.last_shared_parameters()))
+    update = torch.cat([p.grad.reshape(-1) for p in model.shared_parameters() if p.grad is not None])
+    return w.detach().cpu(), update.detach().cpu()
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_every_balancer_updates_on_cuda_as_on_the_cpu(name, tiny_dataset):
+    w_cpu, u_cpu = _step(name, "cpu", tiny_dataset)
+    w_gpu, u_gpu = _step(name, "cuda", tiny_dataset)
+    assert torch.isfinite(u_gpu).all() and u_gpu.shape == u_cpu.shape
+    if name not in RANDOM:
+        assert torch.allclose(w_gpu, w_cpu, rtol=1e-3, atol=1e-5)
+        assert torch.allclose(u_gpu, u_cpu, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "mgda", "upgrad", "nashmtl", "cagrad", "imtl"])
+def test_rep_mode_on_cuda_as_on_the_cpu(name, tiny_dataset):
+    w_cpu, u_cpu = _step(name, "cpu", tiny_dataset, "rep")
+    w_gpu, u_gpu = _step(name, "cuda", tiny_dataset, "rep")
+    if name not in RANDOM:
+        assert torch.allclose(w_gpu, w_cpu, rtol=1e-3, atol=1e-5)
+    assert torch.allclose(u_gpu, u_cpu, rtol=1e-3, atol=1e-5) or name in RANDOM
+
+
+def test_batched_per_task_product_matches_the_loop_on_cuda(tiny_dataset):
+    torch.manual_seed(0)
+    model = MultiTaskGNN(GNNEncoder(hidden=16, num_layers=2, conv="gin", node_encoder="atom"),
+                         tiny_dataset.tasks).cuda()
+    batch = Batch.from_data_list(tiny_dataset.splits["train"][:8]).cuda()
+    out = model(batch)
+    losses = list(task_losses(model.tasks, out.preds, batch).values())
+    shared = list(model.shared_parameters())
+    batched = JacobianEngine(batched=True).jacobian(losses, shared)
+    loop = JacobianEngine(batched=False).jacobian(losses, shared)
+    assert torch.allclose(batched, loop, rtol=1e-4, atol=1e-6)
+
+
+def _tiny_csv(path: Path) -> Path:
+    from tests.test_csv_dataset import SMILES
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["smiles", "a", "b", "c"])
+        for i, smiles in enumerate(SMILES * 2):
+            writer.writerow([smiles, i % 2, (i // 2) % 2, 0.1 * i])
+    return path
+
+
+@pytest.mark.parametrize("amp, balancer", [("none", "pcgrad"), ("bf16", "pcgrad"), ("fp16", "upgrad"),
+                                           ("bf16", "famo"), ("fp16", "ew")])
+def test_a_short_training_run_on_cuda(tmp_path, amp, balancer):
+    from graph_mtl.cli import main
+
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), "--quiet", "--set", "device=cuda", "--set", "data.name=csv",
+                 "--set", f"data.csv={data}", "--set", "data.split=random", "--set", "epochs=2",
+                 "--set", "model.hidden=16", "--set", f"train.amp={amp}", "--set", f"balancer={balancer}"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs_run"] == 2
