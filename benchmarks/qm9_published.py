@@ -52,29 +52,36 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def table(summary: dict) -> tuple[list[str], float]:
-    """Markdown rows (ours vs published, best first by ours) and Spearman's rho over the common methods."""
-    common = [b for b in summary["balancers"] if b in PUBLISHED]
-    ours = [summary["balancers"][b]["delta_m"]["mean"] for b in common]
+def table(summary: dict, every_method: bool = False) -> tuple[list[str], float]:
+    """Markdown rows (ours vs published, best first by ours) and Spearman's rho over the common methods; ranks
+    are among the common methods. ``every_method`` adds the methods without a published figure (blank cells)."""
+    balancers = summary["balancers"]
+    common = [b for b in balancers if b in PUBLISHED]
+    ours = [balancers[b]["delta_m"]["mean"] for b in common]
     theirs = [PUBLISHED[b][1] for b in common]
-    our_rank, their_rank = ranks(ours), ranks(theirs)
+    our_rank = dict(zip(common, ranks(ours)))
+    their_rank = dict(zip(common, ranks(theirs)))
+    shown = balancers if every_method else common
     lines = ["| method | paper name | ours Δm% (CPU scale) | our rank | published Δm% | published rank |",
              "|---|---|---|---|---|---|"]
-    for i in np.argsort(our_rank, kind="stable"):
-        row = summary["balancers"][common[i]]
-        lines.append(f"| {common[i]} | {PUBLISHED[common[i]][0]} | {row['delta_m']['mean']:.1f} ± "
-                     f"{row['delta_m']['std']:.1f} | {our_rank[i]:g} | {theirs[i]:.1f} | {their_rank[i]:g} |")
+    for name in sorted(shown, key=lambda b: balancers[b]["delta_m"]["mean"]):
+        stat = balancers[name]["delta_m"]
+        paper, value = PUBLISHED.get(name, ("", None))
+        published = (f"{our_rank[name]:g} | {value:.1f} | {their_rank[name]:g}" if value is not None else " |  | ")
+        lines.append(f"| {name} | {paper} | {stat['mean']:.1f} ± {stat['std']:.1f} | {published} |")
     return lines, spearman(ours, theirs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("summary", type=Path, help="compare.json of a QM9 graph-mtl compare")
+    parser.add_argument("--all", action="store_true", help="also list the methods without a published figure")
     args = parser.parse_args()
     summary = json.loads(args.summary.read_text())
-    lines, rho = table(summary)
+    lines, rho = table(summary, every_method=args.all)
+    common = sum(b in PUBLISHED for b in summary["balancers"])
     print("\n".join(lines))
-    print(f"\nSpearman rank correlation over these {len(lines) - 2} methods: {rho:.2f}")
+    print(f"\nSpearman rank correlation over the {common} methods with a published figure: {rho:.2f}")
 
 
 if __name__ == "__main__":

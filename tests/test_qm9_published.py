@@ -33,5 +33,8 @@ def test_table_keeps_only_published_methods_ordered_by_ours():
     assert rho == pytest.approx(spearman([30, 10, 20], [PUBLISHED["ew"][1], PUBLISHED["famo"][1],
                                                         PUBLISHED["nashmtl"][1]]))
     assert rho == pytest.approx(1.0)  # famo < nashmtl < ew in both orderings
+    every, same_rho = table(summary, every_method=True)
+    assert [line.split("|")[1].strip() for line in every[2:]] == ["upgrad", "famo", "nashmtl", "ew"]
+    assert every[2] == "| upgrad |  | 5.0 ± 1.0 |  |  |  |" and same_rho == rho  # not published: blank, unranked
     summary["balancers"]["famo"] = row(25.0)  # ours: nashmtl < famo < ew; ranks (3,2,1) vs (3,1,2): rho = 0.5
     assert table(summary)[1] == pytest.approx(0.5)
