@@ -142,9 +142,10 @@ def gradient_scale(J: Tensor) -> Tensor:
 
 
 def gramian(J: Tensor, scale: Tensor | None = None) -> Tensor:
-    """``J J^T`` in float64 at its true scale, as ``s^2 (J/s)(J/s)^T`` with ``s = scale`` or ``max|J|``."""
+    """``J J^T`` in float64 at its true scale, as ``s^2 (J/s)(J/s)^T`` with ``s = scale`` or ``max|J|``; the
+    product in float32, or in float64 when ``J`` is float64 (whose precision a float32 product would drop)."""
     s = gradient_scale(J) if scale is None else scale
-    Jn = J.float() / s
+    Jn = J / s.double() if J.dtype == torch.float64 else J.float() / s
     return (Jn @ Jn.T).double() * s.double() ** 2
 
 

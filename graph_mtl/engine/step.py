@@ -273,12 +273,14 @@ class StepEngine:
         return w
 
     def _combine(self, J: Tensor, values: Tensor, index: list[int]) -> tuple[Tensor, Tensor]:
-        """The update ``[D]`` and the weights ``[t]`` of the method from ``J``."""
+        """The update ``[D]`` and the weights ``[t]`` of the method from ``J``, in float32 (float64 when ``J`` is
+        float64: float64 parameters keep their precision)."""
+        dtype = torch.float64 if J.dtype == torch.float64 else torch.float32
         if isinstance(self.method, Aggregator):
-            update, w = self.method.aggregate(J.float(), values, index)
-            return update.float(), w.float()
-        w = self.method.weights(self._gramian(J), values, index).float()
-        return w @ J.float(), w
+            update, w = self.method.aggregate(J.to(dtype), values, index)
+            return update.to(dtype), w.float()
+        w = self.method.weights(self._gramian(J), values, index)
+        return w.to(dtype) @ J.to(dtype), w.float()
 
     def _separate(self, losses: dict[str, Tensor], index: list[int],
                   grad_scale: float | Tensor | None) -> list[Tensor]:
