@@ -136,15 +136,17 @@ def run_configs(plan: Plan) -> dict[tuple[str, int], tuple[Path, Config]]:
 def balancer_train(train: TrainConfig, balancer: str, tasks: list[str]) -> TrainConfig:
     """``train`` with ``balancer``; a ``train.grad_mode`` the method does not take (a loss weighting, or a method
     whose state is per parameter) becomes the method's own mode, so one compare can set ``rep`` for the rest."""
-    from graph_mtl.run import build_balancer
+    from graph_mtl.balancers import create
+    from graph_mtl.balancers.args import ArgumentError
+    from graph_mtl.engine.step import StepEngine
 
     chosen = dataclasses.replace(train, balancer=balancer)
     if train.grad_mode is None:
         return chosen
-    try:
-        build_balancer(chosen, tasks)
+    try:  # the engine decides which modes a method takes; other bad arguments surface when the run is built
+        StepEngine(create(balancer, tasks, **train.balancer_args), grad_mode=train.grad_mode)
     except ValueError as error:
-        if str(error).startswith("train.grad_mode:"):
+        if isinstance(error, ArgumentError) and error.argument == "grad_mode":
             return dataclasses.replace(chosen, grad_mode=None)
     return chosen
 

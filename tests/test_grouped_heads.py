@@ -78,7 +78,7 @@ def _rows_against_loop(batch, tiny_dataset, method: str, mode: str = "auto", che
         out = grouped(batch)
         losses = task_losses(tasks, out.preds, batch)
         if check_jacobian and kind == "rows":
-            J_rows = TaskRows(out.task_rows).jacobian(torch.stack(list(losses.values())).sum(), range(len(names)))
+            J_rows, _ = TaskRows(out.task_rows).jacobian(torch.stack(list(losses.values())).sum(), range(len(names)))
             J_loop = torch.stack([torch.autograd.grad(losses[n], out.graph_repr, retain_graph=True)[0].reshape(-1)
                                   for n in names])
             assert torch.allclose(J_rows, J_loop, atol=1e-7)

@@ -39,10 +39,12 @@ class TaskRows:
 
     tensor: Tensor
 
-    def jacobian(self, summed_loss: Tensor, index: Sequence[int]) -> Tensor:
-        """``J [len(index), D]``: rows ``index`` of the gradient of ``summed_loss`` (``sum_i L_i``)."""
-        (grad,) = torch.autograd.grad(summed_loss, self.tensor, retain_graph=True)
-        return grad[list(index)].reshape(len(index), -1)
+    def jacobian(self, summed_loss: Tensor, index: Sequence[int],
+                 others: Sequence[Tensor] = ()) -> tuple[Tensor, list[Tensor | None]]:
+        """``J [len(index), D]``: rows ``index`` of the gradient of ``summed_loss`` (``sum_i L_i``), and from the
+        same backward the gradients of ``summed_loss`` at ``others`` (``None`` where unused)."""
+        grad, *rest = torch.autograd.grad(summed_loss, [self.tensor, *others], retain_graph=True, allow_unused=True)
+        return grad[list(index)].reshape(len(index), -1), rest
 
     def pullbacks(self, J: Tensor) -> list[Tensor]:
         """Scalars ``<Z, J_i>`` (``Z`` the shared tensor that row 0 views, ``J_i`` held constant): the gradient of

@@ -152,7 +152,7 @@ class StepEngine:
             w = method.weights(stacked.detach(), index)
             self._weighted_backward(stacked, w, grad_scale)
         elif isinstance(method, LastLayerWeighting):
-            w = self._last_layer_weights(losses, index, values, last_shared_params, grad_scale,
+            w = self._last_layer_weights(losses, index, stacked, values, last_shared_params, grad_scale,
                                          representation if isinstance(representation, TaskRows) else None)
             self._weighted_backward(stacked, w, grad_scale)
         else:
@@ -203,7 +203,7 @@ class StepEngine:
     def _weighted_backward(stacked: Tensor, w: Tensor, grad_scale: float | Tensor | None) -> None:
         (_scaled(stacked, grad_scale) * w.to(stacked.dtype)).sum().backward()
 
-    def _last_layer_weights(self, losses: dict[str, Tensor], index: list[int], values: Tensor,
+    def _last_layer_weights(self, losses: dict[str, Tensor], index: list[int], stacked: Tensor, values: Tensor,
                             last_shared_params: Iterable[nn.Parameter] | None,
                             grad_scale: float | Tensor | None, rows: TaskRows | None = None) -> Tensor:
         last = trainable(last_shared_params)
@@ -211,9 +211,8 @@ class StepEngine:
             raise ValueError(f"{self.method.label} reads the gradients at the last shared layer: pass "
                              "last_shared_params")
         if rows is not None:  # one backward through the grouped heads, then per task from Z to the layer only
-            stacked = torch.stack([loss.reshape(()) for loss in self._separate(losses, index, grad_scale)])
-            J = self.jacobians.jacobian(rows.pullbacks(rows.jacobian(stacked.sum(), index)), last,
-                                        retain_graph=True)
+            J_rows, _ = rows.jacobian(_scaled(stacked, grad_scale).sum(), index)
+            J = self.jacobians.jacobian(rows.pullbacks(J_rows), last, retain_graph=True)
         else:
             J = self.jacobians.jacobian(self._separate(losses, index, grad_scale), last, retain_graph=True)
         J = self._global_jacobian(J)
@@ -229,7 +228,13 @@ class StepEngine:
         heads = self._head_params(index, stacked, shared, task_params)
         reuse = (self.steps - 1) % self.update_every != 0 and bool(self._known[index].all())
         scaled = _scaled(stacked, grad_scale)
-        if heads:  # head i depends on L_i only: the gradient of sum_i L_i is each head's own
+        rows = representation if isinstance(representation, TaskRows) and not reuse else None
+        # head i depends on L_i only: the gradient of sum_i L_i is each head's own; with rows the same backward
+        # through the grouped heads also gives every task's gradient at Z
+        if rows is not None:
+            J_rows, grads = rows.jacobian(scaled.sum(), index, heads)
+            accumulate_grads(heads, grads)
+        elif heads:
             grads = torch.autograd.grad(scaled.sum(), heads, retain_graph=True, allow_unused=True)
             accumulate_grads(heads, grads)
         if reuse:
@@ -238,12 +243,11 @@ class StepEngine:
                 torch.autograd.backward((w.to(stacked.dtype) * scaled).sum(), inputs=shared)
             return w
         exact = self.grad_mode == "exact"
-        rows = representation if isinstance(representation, TaskRows) else None
         targets = shared if exact else [rows.tensor] if rows is not None else self._representations(representation)
         if not targets:
             raise ValueError(f"{self.method.label}: no shared parameters require grad")
-        if rows is not None:  # one backward through the grouped heads for every task's gradient at Z
-            J = rows.jacobian(scaled.sum(), index)
+        if rows is not None:
+            J = J_rows
             if exact:  # then one backward per task through the encoder only, from Z with dL_i/dZ
                 J = self.jacobians.jacobian(rows.pullbacks(J), shared, retain_graph=False)
         else:
