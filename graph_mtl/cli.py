@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 return {"predict": _predict, "evaluate": _evaluate, "embed": _embed}[args.command](args)
             if args.command == "compare":
                 return _compare(args)
-            return _train(args)
+            return _train_then_close(args)
     except USER_ERRORS as error:
         if args.debug:
             raise
@@ -127,6 +127,19 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
                   file=None, line: str | None = None) -> None:
     """A warning as one line, without the source line Python's default format echoes."""
     print(f"graph-mtl: warning: {message}", file=sys.stderr)
+
+
+def _train_then_close(args: argparse.Namespace) -> int:
+    """``train``, then the process group it joined under torchrun closed on every process."""
+    from graph_mtl.engine.distributed import close_distributed
+
+    finished = False
+    try:
+        code = _train(args)
+        finished = True
+        return code
+    finally:
+        close_distributed(finished)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -92,3 +92,12 @@ def edge_cases(rank: int, world_size: int, out: str) -> None:
     result = trainer.evaluate(DataLoader(valid[rank::world_size], batch_size=4))
     if rank == 0:
         torch.save({"only_rank0": only_rank0.grad, "nowhere": nowhere.grad, "per_task": result["per_task"]}, out)
+
+
+def close_keeps_the_callers_group(rank: int, world_size: int) -> None:
+    """``close_distributed`` destroys only a group ``init_distributed`` created; this one is the caller's."""
+    from graph_mtl.engine.distributed import close_distributed, init_distributed
+
+    assert init_distributed(torch.device("cpu")) is not None
+    close_distributed(finished=True)
+    assert tdist.is_initialized()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-from dist_helpers import edge_cases, spawn, train_shards
+from dist_helpers import close_keeps_the_callers_group, edge_cases, spawn, train_shards
 
 from graph_mtl.data.sharding import ShardedBatches, shard_node_mask
 
@@ -88,6 +88,10 @@ def test_node_mask_shards_partition_the_mask():
     parts = [shard_node_mask(mask, r, 3) for r in range(3)]
     assert torch.equal(parts[0] | parts[1] | parts[2], mask)
     assert int(sum(p.int() for p in parts).max()) == 1
+
+
+def test_closing_leaves_a_group_the_caller_created(tmp_path):
+    spawn(close_keeps_the_callers_group, 2, tmp_path)
 
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
