@@ -6,14 +6,16 @@ A plan is YAML::
     datasets: [ogbg-moltox21]            # data.name values
     folders: {cora: Cora}                # dataset -> folder under --data-dir (default: name with - -> _)
     seeds: [0, 1, 2]
-    score: ogb/rocauc                    # which score of the results to tabulate (a task name, ogb/<metric>...)
+    score: ogb/rocauc                    # which score to tabulate (a task name, ogb/<metric>...; ``ogb``: the
+                                         # dataset's own OGB metric, ROC-AUC or RMSE)
+    published: {ogbg-moltox21: "77.57 ± 0.62 (OGB, GIN-virtual)"}   # optional: a column of published figures
     base: {preset: ogb-baseline}         # a graph-mtl config shared by every row
     rows:                                # one table row each: a label and dotted-key overrides
       - {label: "ew", set: {train.balancer: ew}}
 
 Each dataset folder is copied from the data directory into a scratch root first (loaders write a
 ``processed/`` folder next to ``raw/``). The table is rewritten after every configuration, so a stopped run
-keeps what it measured; each configuration's run folders (and ``log.txt``) stay under ``runs``.
+keeps what it measured; each configuration's run folders (and its ``<label>.log`` beside them) stay under ``runs``.
 """
 
 from __future__ import annotations
@@ -53,17 +55,31 @@ def row_config(base: dict, dataset: str, root: Path, overrides: dict[str, Any]) 
     return from_dict(raw)
 
 
+def score_key(score: str, scores: dict[str, Any]) -> str:
+    """The results key tabulated for ``score``: itself, or for ``ogb`` the one ``ogb/<metric>`` key present."""
+    if score != "ogb":
+        return score
+    keys = [k for k in scores if k.startswith("ogb/")]
+    if len(keys) != 1:
+        raise SystemExit(f"benchmark: score 'ogb' needs exactly one ogb/<metric> score, found {keys}")
+    return keys[0]
+
+
 def cell(entry: dict | None) -> str:
     return "n/a" if entry is None else mean_std(entry)
 
 
-def write_table(path: Path | None, header: str, rows: list[dict], score: str) -> str:
-    """The markdown table of finished rows (also written to ``path``)."""
-    lines = [header, "", f"| dataset | configuration | test {score} | valid {score} | seeds | best epochs | "
-             "minutes per run |", "|---|---|---|---|---|---|---|"]
+def write_table(path: Path | None, header: str, rows: list[dict], score: str,
+                published: dict[str, str] | None = None) -> str:
+    """The markdown table of finished rows (also written to ``path``); a ``published`` column where the plan
+    names published figures."""
+    extra = " published |" if published else ""
+    lines = [header, "", "| dataset | configuration | metric | test | valid | seeds | best epochs | "
+             f"minutes per run |{extra}", "|---|---|---|---|---|---|---|---|" + ("---|" if published else "")]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['label']} | {cell(r['test'])} | {cell(r['valid'])} | "
-                     f"{r['seeds']} | {r['best_epochs']} | {r['minutes']:.1f} |")
+        more = f" {published.get(r['dataset'], '')} |" if published else ""
+        lines.append(f"| {r['dataset']} | {r['label']} | {r['metric']} | {cell(r['test'])} | {cell(r['valid'])} | "
+                     f"{r['seeds']} | {r['best_epochs']} | {r['minutes']:.1f} |{more}")
     text = "\n".join(lines) + "\n"
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +92,7 @@ def run_plan(plan_path: str | Path, data_dir: Path, scratch: Path, runs: Path, o
     """Run every (dataset, row) of the plan over its seeds; returns the final table."""
     plan = yaml.safe_load(Path(plan_path).read_text())
     datasets, base, score = plan["datasets"], plan.get("base", {}), plan["score"]
+    published = plan.get("published")
     seeds = seeds or plan.get("seeds", [0, 1, 2])
     folders = {name: plan.get("folders", {}).get(name, name.replace("-", "_")) for name in datasets}
     rows_plan = [r for r in plan["rows"] if only_rows is None or r["label"] in only_rows]
@@ -87,14 +104,15 @@ def run_plan(plan_path: str | Path, data_dir: Path, scratch: Path, runs: Path, o
         for row in rows_plan:
             config = row_config(base, dataset, root, row.get("set", {}))
             folder = runs / dataset / "".join(c if c.isalnum() or c in "-_." else "_" for c in row["label"])
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.parent.mkdir(parents=True, exist_ok=True)  # the run folder itself is train_seeds' to create
             started = time.perf_counter()
-            with (folder / "log.txt").open("w") as handle:
+            with folder.with_name(folder.name + ".log").open("w") as handle:
                 summary = train_seeds(config, seeds, folder, log=lambda line, h=handle: print(line, file=h, flush=True))
             best = [json.loads((folder / f"seed{s}" / "results.json").read_text())["best_epoch"] for s in seeds]
-            results.append({"dataset": dataset, "label": row["label"], "test": summary["test"].get(score),
-                            "valid": summary["valid"].get(score), "seeds": len(seeds), "best_epochs": best,
+            key = score_key(score, summary["test"])
+            results.append({"dataset": dataset, "label": row["label"], "metric": key, "test": summary["test"].get(key),
+                            "valid": summary["valid"].get(key), "seeds": len(seeds), "best_epochs": best,
                             "minutes": (time.perf_counter() - started) / 60 / len(seeds)})
-            print(f"{dataset} [{row['label']}]: test {score} {cell(results[-1]['test'])}", file=sys.stderr, flush=True)
-            write_table(out, header, results, score)
-    return write_table(out, header, results, score)
+            print(f"{dataset} [{row['label']}]: test {key} {cell(results[-1]['test'])}", file=sys.stderr, flush=True)
+            write_table(out, header, results, score, published)
+    return write_table(out, header, results, score, published)
