@@ -17,7 +17,7 @@ molecules (their SMILES through ``smiles2graph`` against the graphs OGB ships) b
 The OGB folder is read from a scratch copy (OGB's loader writes ``processed/`` next to ``raw/``) of
 ``--data-dir/ogbg_moltox21`` (default: ``$GRAPH_MTL_DATA``).
 
-Full run (CPU, about an hour on 2 cores)::
+Full run (CPU; not timed yet: the quick run's minutes per run times the ratio of graphs and epochs)::
 
     python benchmarks/pretrain_finetune.py --data-dir DATA --seeds 0,1,2 --out pretrain_finetune.md
 
@@ -72,7 +72,7 @@ def config(data: dict[str, Any], epochs: int, s: dict[str, Any], seed: int, **tr
 
 def check_featurisation(root: Path, count: int = 50) -> None:
     """tox21's first ``count`` molecules: ``smiles2graph`` of their SMILES equals the graphs OGB ships."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # OGB's processing
         dataset = open_ogb_dataset(DATASET, root)
     with gzip.open(root / FOLDER / "mapping" / "mol.csv.gz", "rt") as handle:
         smiles = [row["smiles"] for _, row in zip(range(count), csv.DictReader(handle))]

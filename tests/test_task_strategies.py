@@ -187,3 +187,17 @@ def test_resume_with_task_lr_schedule_and_freeze_is_exact(tiny_dataset, tmp_path
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name  # as the other resume tests
     assert [r["loss_factor"] for r in resumed.history] == [r["loss_factor"] for r in full.history]
+
+
+def test_the_cli_fine_tunes_from_a_run_folder_and_logs_what_it_loaded(tmp_path, capsys):
+    from graph_mtl.cli import main
+
+    tiny = [a for s in ["dataset=sbm", "data.limit=120", "conv=gin", "model.hidden=16", "model.num_layers=2",
+                        "epochs=2", "train.progress=false"] for a in ("--set", s)]
+    assert main(["train", *tiny, "--out", str(tmp_path / "pre")]) == 0
+    capsys.readouterr()
+    assert main(["train", *tiny, "--set", "train.freeze_epochs=1", "--init-from", str(tmp_path / "pre"),
+                 "--out", str(tmp_path / "ft")]) == 0
+    out = capsys.readouterr().out
+    assert f"encoder from {tmp_path / 'pre'}; heads loaded: " in out and "; new: -" in out
+    assert "init_from: " + str(tmp_path / "pre") in (tmp_path / "ft" / "config.yaml").read_text()
