@@ -46,7 +46,9 @@ def test_a_task_lr_is_its_heads_param_group_and_one_adam_step_moves_it_by_that_l
     assert sum(len(g["params"]) for g in groups) == len(list(trainer.model.parameters()))
     before = {id(p): p.detach().clone() for g in groups for p in g["params"]}
     trainer.train_step(_batch(tiny_dataset))
+    assert all(p.grad is not None for p in trainer.model.shared_parameters())  # trained, not frozen
     for group in groups:
+        moved = 0.0
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -54,8 +56,9 @@ def test_a_task_lr_is_its_heads_param_group_and_one_adam_step_moves_it_by_that_l
             plain.grad = p.grad.clone()
             torch.optim.Adam([plain], lr=group["lr"]).step()
             assert torch.allclose(p.detach(), plain.detach(), atol=1e-7)
-            moved = (p.detach() - before[id(p)]).abs().max().item()  # the first Adam step is ~lr * sign(g)
-            assert moved == pytest.approx(group["lr"], rel=1e-3)
+            moved = max(moved, (p.detach() - before[id(p)]).abs().max().item())
+        # the first Adam step is lr * g / (|g| + eps): lr where |g| >> eps, at most lr anywhere
+        assert moved == pytest.approx(group["lr"], rel=1e-3)
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "step", "plateau"])

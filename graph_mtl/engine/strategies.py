@@ -209,7 +209,9 @@ def load_pretrained(model: MultiTaskGNN, source: str | Path) -> str:
 def freeze_shared(params: Iterable[nn.Parameter]) -> None:
     """Drop the gradients of ``params`` after the backward: the optimizer then skips them entirely (no update,
     no weight decay, no Adam moments, no step count), so when they unfreeze Adam starts their moments from
-    zero with its own bias correction, as for a fresh parameter."""
+    zero with its own bias correction, as for a fresh parameter. Buffers are not parameters: batch-norm running
+    statistics of the encoder still follow the new data in training mode. The shared gradients are still computed
+    (the balancers read them)."""
     for p in params:
         p.grad = None
 

@@ -243,8 +243,9 @@ class Trainer:
 
     @property
     def frozen(self) -> bool:
-        """Whether the shared parameters are held still in the current epoch (``train.freeze_epochs``)."""
-        return self.epoch <= self.cfg.freeze_epochs
+        """Whether the shared parameters are held still in the current epoch (``train.freeze_epochs``; a step
+        taken outside :meth:`fit`, at epoch 0, counts as one of the first epoch)."""
+        return self.cfg.freeze_epochs > 0 and self.epoch <= self.cfg.freeze_epochs
 
     def train_step(self, batch) -> tuple[dict[str, Tensor], Tensor | None]:
         """One optimisation step on ``batch``; returns the task losses (before ``train.weight_schedule``'s factor)
