@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="train once per seed into OUT/seed<N> and report mean ± std (e.g. --seeds 0,1,2)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in OUT (without it, a folder that holds files is refused)")
+    train.add_argument("--init-from", metavar="RUN", default=None,
+                       help="start the shared encoder (and the heads of tasks of the same name and shapes) from a "
+                            "trained run folder's best.pt or a .pt checkpoint (sets train.init_from)")
     train.add_argument("--quiet", action="store_true", help="no progress bar (same as --set train.progress=false)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     report = sub.add_parser("report", help="plots and a Markdown report (RUN_DIR/report/report.md) of a run")
@@ -144,6 +147,10 @@ def _train_then_close(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, [*args.set, *(["train.progress=false"] if args.quiet else [])])
+    if args.init_from is not None:
+        if not args.init_from.strip():
+            raise ValueError("--init-from: empty; give a run folder or a .pt checkpoint")
+        config.train.init_from = args.init_from
     from graph_mtl.run import results_table, seed_table, train, train_seeds
 
     out = Path(args.out)

@@ -124,6 +124,17 @@ class TrainConfig:
     monitor_mode: str = "rep"
     #: torch.set_num_threads for the run (None: torch's default); under torchrun it is per process
     threads: int | None = None
+    #: ``{task: lr}``: that task's head gets its own optimizer param group at this learning rate (all else:
+    #: ``lr``); the schedulers scale every group (graph_mtl/engine/strategies.py)
+    task_lr: dict[str, float] = field(default_factory=dict)
+    #: ``{kind: warmup|linear|step, main_task: NAME, epochs: N, start: 0.0, factor: 2.0}``: every other task's
+    #: loss times a factor s(epoch) before the balancer (graph_mtl/engine/strategies.py, WeightSchedule)
+    weight_schedule: dict[str, Any] | None = None
+    #: a run folder (its best.pt) or a .pt checkpoint: the shared encoder, and the heads of tasks with the same
+    #: name and shapes, start from its weights (``graph-mtl train --init-from RUN``)
+    init_from: str | None = None
+    #: the shared parameters (encoder, shared pooling) are not updated during the first N epochs
+    freeze_epochs: int = 0
 
 
 @dataclass
@@ -167,7 +178,7 @@ POSITIVE: tuple[str, ...] = (
 )
 #: keys that must be >= 0
 NON_NEGATIVE: tuple[str, ...] = (
-    "seed", "data.split_seed", "data.num_workers", "train.weight_decay",
+    "seed", "data.split_seed", "data.num_workers", "train.weight_decay", "train.freeze_epochs",
 )
 
 
@@ -345,7 +356,8 @@ def _float_keys(cls: type = Config, prefix: str = "") -> list[str]:
         hint = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(hint):
             keys += _float_keys(hint, f"{prefix}{f.name}.")
-        elif hint is float or float in typing.get_args(hint):
+        elif hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                               and float in typing.get_args(hint)):
             keys.append(f"{prefix}{f.name}")
     return keys
 
@@ -397,5 +409,14 @@ def _validate(config: Config) -> None:
         raise ConfigError("train.threads: must be >= 1, or null for torch's default")
     if train.patience is not None and train.patience < 1:
         raise ConfigError("train.patience: must be >= 1, or null to disable early stopping")
+    from graph_mtl.engine.strategies import check_task_lr, parse_schedule
+
+    try:
+        check_task_lr(train.task_lr)
+        parse_schedule(train.weight_schedule)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if train.init_from is not None and not train.init_from.strip():
+        raise ConfigError("train.init_from: empty; give a run folder or a .pt checkpoint, or null")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
         raise ConfigError(f"device: unknown value {config.device!r}; use auto, cpu, cuda or cuda:N")

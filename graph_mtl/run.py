@@ -30,6 +30,7 @@ from graph_mtl.engine.metrics import better, trivial_baseline
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.run_folder import RunFolder, check_out_dir
 from graph_mtl.engine.step import StepEngine
+from graph_mtl.engine.strategies import load_pretrained
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS, NEEDS_EDGES
@@ -152,6 +153,9 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     config: each trains on its shard of every batch with the global batch's losses and gradients
     (``engine/distributed.py``); rank 0 alone logs and writes files."""
 
+    if resume is not None and config.train.init_from is not None:
+        raise ValueError("train.init_from: not with --resume (the checkpoint already holds the weights it loaded); "
+                         "to resume a fine-tuning run add --set train.init_from=null")
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     device = local_device(resolve_device(config.device))
@@ -183,6 +187,7 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     inputs = model_inputs(config.model, dataset)
     with config_key_errors():
         model = model_from_inputs(config.model, inputs, dataset.tasks)
+    loaded = load_pretrained(model, config.train.init_from) if config.train.init_from is not None else None
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     train_graphs = dataset.splits["train"]
     loaders = make_loaders(config, dataset, sync)
@@ -207,6 +212,8 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
         log(f"model {model.encoder!r}, {n_params:,} parameters, balancer {config.train.balancer}, device {device}")
         if resume is not None:
             log(f"resumed from {resume} at epoch {trainer.epoch}")
+        if loaded is not None:
+            log(loaded)
         trainer.fit(loaders["train"], loaders["valid"])
         evaluated = trainer.test({"valid": loaders["valid"], "test": loaders["test"]})
         results = {

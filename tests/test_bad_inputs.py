@@ -166,6 +166,23 @@ CONFIG_CASES = [
     ("config_nested_type", ["--config", "{root}/nested_type.yaml"], "model.pool"),
     ("config_bad_value", ["--config", "{root}/bad_value.yaml"], "train.lr"),
     ("config_is_a_benchmark_plan", ["--config", "{root}/plan.yaml"], "benchmark plan"),
+    ("task_lr_negative", ["--set", "train.task_lr={size: -1}"], "train.task_lr"),
+    ("task_lr_text", ["--set", "train.task_lr={size: fast}"], "train.task_lr"),
+    ("task_lr_type", ["--set", "train.task_lr=[size]"], "train.task_lr"),
+    ("weight_schedule_type", ["--set", "train.weight_schedule=3"], "train.weight_schedule"),
+    ("weight_schedule_kind", ["--set", "train.weight_schedule={kind: cosine, main_task: size, epochs: 2}"],
+     "train.weight_schedule.kind"),
+    ("weight_schedule_epochs_0", ["--set", "train.weight_schedule={kind: warmup, main_task: size, epochs: 0}"],
+     "train.weight_schedule.epochs"),
+    ("weight_schedule_start", ["--set", "train.weight_schedule={kind: linear, main_task: size, epochs: 2, "
+                                        "start: 1.5}"], "train.weight_schedule.start"),
+    ("weight_schedule_step_start_0", ["--set", "train.weight_schedule={kind: step, main_task: size, epochs: 2}"],
+     "train.weight_schedule.start"),
+    ("weight_schedule_no_main_task", ["--set", "train.weight_schedule={kind: warmup, epochs: 2}"],
+     "train.weight_schedule.main_task"),
+    ("weight_schedule_unknown_field", ["--set", "train.weight_schedule={kind: warmup, main_task: size, epochs: 2, "
+                                                "speed: 1}"], "train.weight_schedule.speed"),
+    ("freeze_epochs_negative", ["--set", "train.freeze_epochs=-1"], "train.freeze_epochs"),
 ]
 FLAG_CASES = [
     ("unknown_flag", ["--nope"], "--nope"),
@@ -178,6 +195,8 @@ FLAG_CASES = [
     ("seeds_with_resume", ["--seeds", "0,1", "--resume"], "--resume"),
     ("resume_with_overwrite", ["--resume", "--overwrite"], "--overwrite"),
     ("config_missing_value", ["--config"], "--config"),
+    ("init_from_with_resume", ["--resume", "--init-from", "{root}/run"], "train.init_from"),
+    ("init_from_empty", ["--init-from", " "], "--init-from"),
 ]
 # found once the dataset is loaded: run with --overwrite (which must not have removed anything yet)
 DATA_CASES = [
@@ -221,6 +240,18 @@ DATA_CASES = [
                                "--set", "train.balancer_args={grad_mode: exact}"], "train.grad_mode"),
     ("monitor_unknown_task", ["--set", "train.monitor=nope"], "train.monitor"),
     ("device_cuda_missing", ["--set", "device=cuda"], "device"),
+    ("task_lr_unknown_task", ["--set", "train.task_lr={nope: 0.01}"], "train.task_lr"),
+    ("task_lr_grouped_heads", ["--set", "train.task_lr={size: 0.01}", "--set", "model.grouped_heads=true"],
+     "train.task_lr"),
+    ("weight_schedule_unknown_main_task", ["--set", "train.weight_schedule={kind: warmup, main_task: nope, "
+                                                    "epochs: 2}"], "train.weight_schedule.main_task"),
+    ("init_from_missing", ["--init-from", "{root}/missing"], "train.init_from"),
+    ("init_from_folder_without_best", ["--init-from", "{root}/config_dir"], "train.init_from"),
+    ("init_from_not_a_checkpoint", ["--init-from", "{root}/text.pt"], "train.init_from"),
+    ("init_from_list", ["--init-from", "{root}/list.pt"], "train.init_from"),
+    ("init_from_runs_code", ["--init-from", "{root}/evil.pt"], "train.init_from"),
+    ("init_from_other_encoder", ["--init-from", "{root}/other_model"], "train.init_from"),
+    ("init_from_config_key", ["--set", "train.init_from={root}/truncated.pt"], "train.init_from"),
 ]
 # --resume with a checkpoint that cannot be resumed from (into the run folder, so --resume is allowed there)
 CHECKPOINT_CASES = [

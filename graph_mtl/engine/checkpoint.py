@@ -76,17 +76,18 @@ def remove_temp_files(folder: str | Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    required: tuple[str, ...] = ("model", "optimizer", "epoch", "step")) -> dict[str, Any]:
+                    required: tuple[str, ...] = ("model", "optimizer", "epoch", "step"),
+                    key: str = "--resume") -> dict[str, Any]:
     """Read a checkpoint written by the trainer with ``weights_only=True`` (tensors, containers, numbers and the
     :data:`SAFE_GLOBALS` only: a checkpoint cannot run code); a missing, truncated, foreign or unsafe file is a
     one-line :class:`CheckpointError`. ``required``: the entries it must hold (a model-only file for inference
-    needs ``("model",)``)."""
+    needs ``("model",)``); ``key``: the flag or config key the error messages name."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"--resume: {str(path)!r} is a folder; give a .pt file written by a run (e.g. "
+        raise CheckpointError(f"{key}: {str(path)!r} is a folder; give a .pt file written by a run (e.g. "
                               f"{str(path / 'last.pt')!r})")
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}; give a .pt file written by a run")
+        raise FileNotFoundError(f"{key}: no checkpoint at {str(path)!r}; give a .pt file written by a run")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             state = torch.load(path, map_location=map_location, weights_only=True)
@@ -98,11 +99,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                    "run code)")
         else:
             why = "it is truncated, damaged or not a PyTorch checkpoint"
-        raise CheckpointError(f"--resume: cannot read {str(path)!r}: {why}; give a last.pt or best.pt written "
+        raise CheckpointError(f"{key}: cannot read {str(path)!r}: {why}; give a last.pt or best.pt written "
                               "by graph-mtl train") from None
     missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
-        raise CheckpointError(f"--resume: {str(path)!r} is not a graph_mtl training checkpoint (no {missing}); "
+        raise CheckpointError(f"{key}: {str(path)!r} is not a graph_mtl training checkpoint (no {missing}); "
                               "give a last.pt or best.pt written by graph-mtl train")
     return state
 

@@ -32,6 +32,7 @@ from graph_mtl.engine.distributed import DataParallelStepEngine, GradientSync, g
 from graph_mtl.engine.metrics import evaluate_tasks, trivial_baseline
 from graph_mtl.engine.monitor import ConflictMonitor
 from graph_mtl.engine.step import StepEngine
+from graph_mtl.engine.strategies import freeze_shared, param_groups, parse_schedule
 from graph_mtl.models.multitask import MultiTaskGNN
 from graph_mtl.tasks import Scalers, Task, check_labels, collect_labels, fit_scalers, task_losses
 
@@ -45,8 +46,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (momentum 0.9) with the config's learning rate and weight decay."""
+def build_optimizer(params: Iterable[nn.Parameter] | list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (momentum 0.9) with the config's learning rate and weight decay; ``params`` may be
+    param groups with their own ``lr`` (``train.task_lr``, :func:`~graph_mtl.engine.strategies.param_groups`)."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -56,7 +58,8 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.o
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     """``cosine`` over all epochs, ``step`` (halve every third of the run), ``plateau`` on the monitor (times
-    ``plateau_factor`` after ``plateau_patience`` epochs without gain, down to ``min_lr``), or none."""
+    ``plateau_factor`` after ``plateau_patience`` epochs without gain, down to ``min_lr``), or none. Each acts on
+    every param group alike: the ratios of ``train.task_lr`` to ``train.lr`` hold (but at ``min_lr``'s floor)."""
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.scheduler == "step":
@@ -127,7 +130,9 @@ class Trainer:
         self.log = log
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.writes = self.out_dir is not None and (sync is None or sync.is_main)
-        self.optimizer = build_optimizer(model.parameters(), cfg)
+        self.optimizer = build_optimizer(param_groups(self.model, cfg.lr, cfg.task_lr), cfg)
+        #: ``train.weight_schedule``: the factor on every task's loss but the main task's (``None``: off)
+        self.schedule = parse_schedule(cfg.weight_schedule, [t.name for t in self.tasks])
         self.scheduler = build_scheduler(self.optimizer, cfg)
         labels = collect_labels(self.tasks, train_graphs)
         check_labels(self.tasks, labels)
@@ -169,7 +174,10 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self._step_scheduler(score)
-            record = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], **train_stats,
+            record = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                      **{f"lr/{g['task']}": g["lr"] for g in self.optimizer.param_groups if "task" in g},
+                      **({"loss_factor": self.schedule(self.epoch - 1)} if self.schedule is not None else {}),
+                      **train_stats,
                       "valid_loss": valid["loss"], "valid_gain": valid["gain"], "monitor": score,
                       **{f"valid/{k}": v for k, v in valid["per_task"].items()},
                       **{f"valid/{k}": v for k, v in valid["summary"].items() if isinstance(v, (int, float))},
@@ -233,14 +241,22 @@ class Trainer:
         self.engine.on_epoch_end()
         return stats
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the shared parameters are held still in the current epoch (``train.freeze_epochs``; a step
+        taken outside :meth:`fit`, at epoch 0, counts as one of the first epoch)."""
+        return self.cfg.freeze_epochs > 0 and self.epoch <= self.cfg.freeze_epochs
+
     def train_step(self, batch) -> tuple[dict[str, Tensor], Tensor | None]:
-        """One optimisation step on ``batch``; returns the task losses and the balancer's weights ``[T]``
-        (``None`` when the step engine skipped the step: nothing was changed)."""
+        """One optimisation step on ``batch``; returns the task losses (before ``train.weight_schedule``'s factor)
+        and the balancer's weights ``[T]`` (``None`` when the step engine skipped the step: nothing was changed).
+        During ``train.freeze_epochs`` the shared parameters' gradients are dropped before the optimizer step."""
         batch = batch.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.model(batch)
-        losses = self._losses(out.preds, batch)
+        raw = self._losses(out.preds, batch)
+        losses = self._scheduled(raw)
         scaler = self.grad_scaler
         # scale(1) is the current scale as a device tensor: no host sync (it also initialises the scaler)
         grad_scale = scaler.scale(torch.ones((), device=self.device)) if scaler.is_enabled() else None
@@ -257,7 +273,9 @@ class Trainer:
         if self.monitor is not None:  # the step's weights join the observation made above
             self.monitor.record_weights(weights if weights is not None else torch.zeros(len(self.tasks)))
         if weights is None:
-            return losses, None
+            return raw, None
+        if self.frozen:
+            freeze_shared(self._shared)
         scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -265,8 +283,12 @@ class Trainer:
         scaler.update()
         self.step += 1
         if self.engine.wants_losses_after_step:
-            self.engine.after_step(self._losses_after_step(batch))
-        return losses, weights.to(self.device)
+            self.engine.after_step(self._scheduled(self._losses_after_step(batch)))
+        return raw, weights.to(self.device)
+
+    def _scheduled(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``losses`` as the balancer sees them: times ``train.weight_schedule``'s factor of this epoch."""
+        return self.schedule.scale(losses, self.epoch - 1) if self.schedule is not None else losses
 
     def _losses(self, preds: dict[str, Tensor], batch) -> dict[str, Tensor]:
         if self.sync is not None:  # values of the global batch, gradients of this shard
