@@ -122,6 +122,9 @@ class Trainer:
         self._shared = list(self.model.shared_parameters())
         self._task_params = {t.name: list(self.model.task_parameters(t.name)) for t in self.tasks}
         self._last_shared = list(self.model.last_shared_parameters())
+        check_sharing(self.model, engine, cfg.balancer, self._shared)
+        self._regularizer_sum = torch.zeros((), device=self.device)  # the epoch's sum of the model's penalty
+        self._regularized = False
         self.cfg = cfg
         self.seed = seed
         self.log = log
@@ -224,10 +227,14 @@ class Trainer:
                 shown = {n[:8]: f"{v:.3f} w{w:.2f}" for n, v, w in zip(names[:6], means, weights.tolist())}
                 bar.set_postfix(shown)
         self._write_steps(step_rows, names)
+        regularizer = float(self._regularizer_sum) / max(steps, 1)
+        self._regularizer_sum.zero_()
         mean_loss = (loss_sum / loss_count.clamp(min=1)).tolist()
         mean_weight = (weight_sum / max(steps, 1)).tolist()
         stats = {"train_loss": float(np.mean([v for v, c in zip(mean_loss, loss_count.tolist()) if c > 0] or [0.0])),
                  "skipped_steps": skipped}
+        if self._regularized:
+            stats["train_regularizer"] = regularizer
         stats.update({f"train_loss/{n}": v for n, v in zip(names, mean_loss)})
         stats.update({f"weight/{n}": v for n, v in zip(names, mean_weight)})
         self.engine.on_epoch_end()
@@ -258,6 +265,7 @@ class Trainer:
             self.monitor.record_weights(weights if weights is not None else torch.zeros(len(self.tasks)))
         if weights is None:
             return losses, None
+        self._add_regularizer(grad_scale)
         scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -267,6 +275,16 @@ class Trainer:
         if self.engine.wants_losses_after_step:
             self.engine.after_step(self._losses_after_step(batch))
         return losses, weights.to(self.device)
+
+    def _add_regularizer(self, grad_scale: Tensor | None) -> None:
+        """Add the gradient of the model's penalty (soft sharing's ``R``; not a task, so not the balancer's) to
+        ``.grad``, after the balancer's step; scaled like the losses under fp16."""
+        regularizer = getattr(self.model, "regularizer", lambda: None)()
+        if regularizer is None:
+            return
+        (regularizer if grad_scale is None else regularizer * grad_scale).backward()
+        self._regularized = True
+        self._regularizer_sum += regularizer.detach()
 
     def _losses(self, preds: dict[str, Tensor], batch) -> dict[str, Tensor]:
         if self.sync is not None:  # values of the global batch, gradients of this shard
@@ -412,6 +430,15 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as handle:  # one write: a kill leaves at most one partial row, cut on resume
             handle.write(text.getvalue())
+
+
+def check_sharing(model: nn.Module, engine: StepEngine, balancer: str, shared: list[nn.Parameter]) -> None:
+    """A one-line error where the balancer takes per-task gradients at shared parameters that the architecture does
+    not have (``model.arch: soft``)."""
+    if engine.takes_task_gradients and not shared:
+        arch = getattr(model, "arch", "hard")
+        raise ValueError(f"model.arch: {arch} shares no parameters, so train.balancer {balancer!r} has nothing to "
+                         "balance; use a loss weighting such as ew, uw, dwa or model.arch: hard")
 
 
 def check_monitor(monitor: str, tasks: list[Task]) -> None:
