@@ -223,7 +223,9 @@ TINY = ["--set", "dataset=sbm", "--set", "data.limit=120", "--set", "conv=gin", 
 
 def test_cli_trains_an_mmoe_run_whose_checkpoint_reloads(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--set", "model.arch=mmoe", "--set", "model.experts=2", "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--set", "model.arch=mmoe", "--set", "model.experts=2", "--set", "balancer=pcgrad",
+                 "--set", "train.monitor_every=1", "--out", str(out)]) == 0
+    assert (out / "conflicts.jsonl").is_file()
     results = json.loads((out / "results.json").read_text())
     run = load_run(out)
     assert run.model.arch == "mmoe"
@@ -234,6 +236,7 @@ def test_cli_trains_an_mmoe_run_whose_checkpoint_reloads(tmp_path):
     (["--set", "model.arch=moe"], "model.arch: unknown value 'moe'"),
     (["--set", "model.arch=mmoe", "--set", "model.experts=0"], "model.experts: must be >= 1"),
     (["--set", "model.arch=soft", "--set", "balancer=pcgrad"], "model.arch: soft shares no parameters"),
+    (["--set", "model.arch=soft", "--set", "train.monitor_every=1"], "train.monitor_every: model.arch soft shares"),
 ])
 def test_cli_bad_sharing_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "run"

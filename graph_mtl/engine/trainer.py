@@ -122,7 +122,7 @@ class Trainer:
         self._shared = list(self.model.shared_parameters())
         self._task_params = {t.name: list(self.model.task_parameters(t.name)) for t in self.tasks}
         self._last_shared = list(self.model.last_shared_parameters())
-        check_sharing(self.model, engine, cfg.balancer, self._shared)
+        check_sharing(self.model, engine, cfg.balancer, self._shared, monitor is not None)
         self._regularizer_sum = torch.zeros((), device=self.device)  # the epoch's sum of the model's penalty
         self._regularized = False
         self.cfg = cfg
@@ -432,11 +432,17 @@ class Trainer:
             handle.write(text.getvalue())
 
 
-def check_sharing(model: nn.Module, engine: StepEngine, balancer: str, shared: list[nn.Parameter]) -> None:
-    """A one-line error where the balancer takes per-task gradients at shared parameters that the architecture does
-    not have (``model.arch: soft``)."""
-    if engine.takes_task_gradients and not shared:
-        arch = getattr(model, "arch", "hard")
+def check_sharing(model: nn.Module, engine: StepEngine, balancer: str, shared: list[nn.Parameter],
+                  monitored: bool = False) -> None:
+    """A one-line error where the balancer or the conflict monitor takes per-task gradients at shared parameters
+    that the architecture does not have (``model.arch: soft``)."""
+    if shared:
+        return
+    arch = getattr(model, "arch", "hard")
+    if monitored:
+        raise ValueError(f"train.monitor_every: model.arch {arch} shares no parameters, so there are no gradient "
+                         "conflicts to monitor; leave it unset (null)")
+    if engine.takes_task_gradients:
         raise ValueError(f"model.arch: {arch} shares no parameters, so train.balancer {balancer!r} has nothing to "
                          "balance; use a loss weighting such as ew, uw, dwa or model.arch: hard")
 
