@@ -173,17 +173,19 @@ def test_gates_sum_to_one_per_node_or_per_graph(tiny_dataset, arch):
         assert torch.allclose(gate.sum(-1), torch.ones(rows))
 
 
-@pytest.mark.parametrize("arch", ["cross_stitch", "mmoe", "cgc", "ple"])
-def test_rep_mode_sees_every_path_from_the_shared_parameters(tiny_dataset, arch):
+@pytest.mark.parametrize(("arch", "levels", "task_experts"), [
+    ("cross_stitch", 1, 1), ("mmoe", 1, 0), ("cgc", 1, 1), ("ple", 2, 1), ("ple", 3, 1), ("ple", 3, 0)])
+def test_rep_mode_sees_every_path_from_the_shared_parameters(tiny_dataset, arch, levels, task_experts):
     """With equal weights (an aggregator summing the task gradients), the update through ``Z`` equals the exact
     gradient of the summed losses at the shared parameters: ``Z`` lies on every path to a loss."""
-    model = _model(tiny_dataset, arch, num_layers=3, ple_levels=2)
+    model = _model(tiny_dataset, arch, num_layers=3, ple_levels=levels, task_experts=task_experts)
     model.eval()  # batch norm's running statistics would differ between the two forwards
     batch = _batch(tiny_dataset)
     shared = list(model.shared_parameters())
     model.zero_grad()
     losses = _losses(model, batch)
     sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.parameters())  # no parameter is dead
     exact = [p.grad.clone() for p in shared]
     model.zero_grad()
     out = model(batch)

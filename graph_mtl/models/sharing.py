@@ -205,7 +205,8 @@ class CrossStitch(Trunk):
 
 class _Level(nn.Module):
     """One CGC level: ``K`` shared experts, ``m`` experts per task, a softmax gate per task over the shared experts
-    and its own, and (``shared_gate``) a gate over every expert of the level."""
+    and its own, and (``shared_gate``, inner levels) a gate over every expert of the level; an inner level without task
+    experts has no task gates (nothing would read their mixtures)."""
 
     def __init__(self, make_expert: Callable[[], GNNEncoder], num_tasks: int, experts: int, task_experts: int,
                  shared_gate: bool) -> None:
@@ -213,7 +214,8 @@ class _Level(nn.Module):
         self.shared = nn.ModuleList(make_expert() for _ in range(experts))
         self.own = nn.ModuleList(nn.ModuleList(make_expert() for _ in range(task_experts)) for _ in range(num_tasks))
         width = self.shared[0].out_channels
-        self.gates = nn.ModuleList(nn.Linear(width, experts + task_experts) for _ in range(num_tasks))
+        task_gates = num_tasks if task_experts or not shared_gate else 0
+        self.gates = nn.ModuleList(nn.Linear(width, experts + task_experts) for _ in range(task_gates))
         self.shared_gate = nn.Linear(width, experts + num_tasks * task_experts) if shared_gate else None
 
 
@@ -296,7 +298,7 @@ class ExpertMixture(Trunk):
                 self.last_gates = [g.detach() for g in gates]
                 return TrunkOutput(reprs, [shared, *task_in] if i > 0 and self.task_experts else [shared])
             every = torch.cat([shared, *(torch.stack(o) for o in own if o)])
-            shared_in, task_in = _gated(level.shared_gate, every, None, num_graphs)[0], reprs
+            shared_in, task_in = _gated(level.shared_gate, every, None, num_graphs)[0], reprs or task_in
         raise AssertionError("unreachable: a mixture has at least one level")
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
