@@ -20,7 +20,7 @@ from graph_mtl.models.heads import (
     pool_nodes,
     pooled_width,
 )
-from graph_mtl.models.sharing import Trunk
+from graph_mtl.models.sharing import Trunk, TrunkOutput
 from graph_mtl.tasks import Task
 
 
@@ -188,7 +188,7 @@ class MultiTaskGNN(nn.Module):
                            else head(h, batch_vec, num_graphs))
         return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=self._graph_only)
 
-    def _forward_trunk(self, out, batch_vec: Tensor, num_graphs: int) -> MultiTaskOutput:
+    def _forward_trunk(self, out: TrunkOutput, batch_vec: Tensor, num_graphs: int) -> MultiTaskOutput:
         """Head ``t`` on task ``t``'s representation from the trunk."""
         preds = {}
         for name, h in zip(self.task_names, out.task_reprs):
