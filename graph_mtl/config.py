@@ -88,6 +88,16 @@ class ModelConfig:
     #: a few); ``None``: grouped from 32 such tasks on
     grouped_heads: bool | None = None
     vn_norm: str = "batch"
+    #: how the tasks share the encoder (graph_mtl/models/sharing.py): ``hard`` (one encoder), ``soft`` (one per
+    #: task, pulled together by ``soft_l2``), ``cross_stitch``, ``mmoe``, ``cgc``, ``ple``
+    arch: str = "hard"
+    #: ``soft``: weight of the penalty, ``pairwise`` (sum over pairs of columns) or ``mean`` (distance to the mean)
+    soft_l2: float = 0.01
+    soft_target: str = "pairwise"
+    #: ``mmoe``/``cgc``/``ple``: shared experts, experts of each task (cgc, ple), stacked CGC levels (ple)
+    experts: int = 4
+    task_experts: int = 1
+    ple_levels: int = 2
 
 
 @dataclass
@@ -160,6 +170,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.jk": ("last", "sum", "max", "cat"),
     "model.pool": ("mean", "add", "max", "attention", "set2set"),
     "model.vn_norm": ("batch", "layer"),
+    "model.arch": ("hard", "soft", "cross_stitch", "mmoe", "cgc", "ple"),
+    "model.soft_target": ("pairwise", "mean"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.monitor_mode": ("rep", "exact"),
     "data.task_view": ("columns", "multilabel"),
@@ -175,10 +187,12 @@ POSITIVE: tuple[str, ...] = (
     "data.batch_size", "data.parts_per_batch", "model.hidden", "model.num_layers", "model.heads", "model.head_layers",
     "train.epochs", "data.limit", "model.head_hidden", "train.max_steps_per_epoch", "train.update_every",
     "train.chunk_size",
+    "model.experts", "model.ple_levels",
 )
 #: keys that must be >= 0
 NON_NEGATIVE: tuple[str, ...] = (
-    "seed", "data.split_seed", "data.num_workers", "train.weight_decay", "train.freeze_epochs",
+    "seed", "data.split_seed", "data.num_workers", "train.weight_decay", "train.freeze_epochs", "model.soft_l2",
+    "model.task_experts",
 )
 
 
@@ -392,6 +406,15 @@ def _validate(config: Config) -> None:
     if data.parts_per_batch > data.num_parts:
         raise ConfigError(f"data.parts_per_batch: {data.parts_per_batch} is more than data.num_parts="
                           f"{data.num_parts}; use at most {data.num_parts}")
+    model = config.model
+    if model.arch == "ple" and model.ple_levels > model.num_layers:
+        raise ConfigError(f"model.ple_levels: {model.ple_levels} levels need at least as many layers, but "
+                          f"model.num_layers is {model.num_layers}; use at most {model.num_layers}")
+    if model.arch == "cross_stitch" and model.jk != "last":
+        raise ConfigError(f"model.jk: cross_stitch mixes every layer's output, so it needs jk 'last', got {model.jk!r}")
+    if model.arch != "hard" and model.grouped_heads:
+        raise ConfigError(f"model.grouped_heads: grouped heads read one shared representation, which model.arch "
+                          f"{model.arch!r} does not have; set it to false or leave it unset")
     train = config.train
     if train.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {train.lr}")

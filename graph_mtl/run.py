@@ -34,6 +34,7 @@ from graph_mtl.engine.strategies import load_pretrained
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS, NEEDS_EDGES
+from graph_mtl.models.sharing import build_trunk
 from graph_mtl.tasks import MAXIMISED_METRICS, Task
 
 #: how the library's errors name what they are about (the arguments of its classes) -> the config keys a user sets
@@ -85,12 +86,22 @@ def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task
         edge_encoder = "bond" if ogb else "linear"
     if cfg.conv in NEEDS_EDGES and edge_encoder == "none":
         raise ValueError(f"model.conv: {cfg.conv!r} needs edge features and {inputs['dataset']!r} has none; use gin")
-    encoder = GNNEncoder(
+    settings = dict(
         in_channels=inputs["num_node_features"], hidden=cfg.hidden, num_layers=cfg.num_layers, conv=cfg.conv,
         node_encoder="atom" if ogb else "linear", edge_encoder=edge_encoder, edge_channels=edge_channels,
         virtual_node=cfg.virtual_node, residual=cfg.residual, norm=cfg.norm, dropout=cfg.dropout, jk=cfg.jk,
         heads=cfg.heads, pna_deg=inputs["pna_deg"], vn_norm=cfg.vn_norm,
     )
+
+    def make_encoder(**overrides: Any) -> GNNEncoder:
+        return GNNEncoder(**{**settings, **overrides})
+
+    if cfg.arch == "hard":  # (checkpoints written before model.arch existed load with its default, hard)
+        encoder = make_encoder()
+    else:
+        encoder = build_trunk(cfg.arch, make_encoder, [t.level == "graph" for t in tasks], cfg.num_layers,
+                              soft_l2=cfg.soft_l2, soft_target=cfg.soft_target, experts=cfg.experts,
+                              task_experts=cfg.task_experts, ple_levels=cfg.ple_levels)
     return MultiTaskGNN(encoder, tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
                         head_layers=cfg.head_layers, head_dropout=cfg.dropout, grouped_heads=cfg.grouped_heads)
 

@@ -125,6 +125,9 @@ class Trainer:
         self._shared = list(self.model.shared_parameters())
         self._task_params = {t.name: list(self.model.task_parameters(t.name)) for t in self.tasks}
         self._last_shared = list(self.model.last_shared_parameters())
+        check_sharing(self.model, engine, cfg.balancer, self._shared, monitor is not None)
+        self._regularizer_sum = torch.zeros((), device=self.device)  # the epoch's sum of the model's penalty
+        self._regularized = False
         self.cfg = cfg
         self.seed = seed
         self.log = log
@@ -232,10 +235,14 @@ class Trainer:
                 shown = {n[:8]: f"{v:.3f} w{w:.2f}" for n, v, w in zip(names[:6], means, weights.tolist())}
                 bar.set_postfix(shown)
         self._write_steps(step_rows, names)
+        regularizer = float(self._regularizer_sum) / max(steps, 1)
+        self._regularizer_sum.zero_()
         mean_loss = (loss_sum / loss_count.clamp(min=1)).tolist()
         mean_weight = (weight_sum / max(steps, 1)).tolist()
         stats = {"train_loss": float(np.mean([v for v, c in zip(mean_loss, loss_count.tolist()) if c > 0] or [0.0])),
                  "skipped_steps": skipped}
+        if self._regularized:
+            stats["train_regularizer"] = regularizer
         stats.update({f"train_loss/{n}": v for n, v in zip(names, mean_loss)})
         stats.update({f"weight/{n}": v for n, v in zip(names, mean_weight)})
         self.engine.on_epoch_end()
@@ -274,6 +281,7 @@ class Trainer:
             self.monitor.record_weights(weights if weights is not None else torch.zeros(len(self.tasks)))
         if weights is None:
             return raw, None
+        self._add_regularizer(grad_scale)
         if self.frozen:
             freeze_shared(self._shared)
         scaler.unscale_(self.optimizer)
@@ -289,6 +297,16 @@ class Trainer:
     def _scheduled(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """``losses`` as the balancer sees them: times ``train.weight_schedule``'s factor of this epoch."""
         return self.schedule.scale(losses, self.epoch - 1) if self.schedule is not None else losses
+
+    def _add_regularizer(self, grad_scale: Tensor | None) -> None:
+        """Add the gradient of the model's penalty (soft sharing's ``R``; not a task, so not the balancer's) to
+        ``.grad``, after the balancer's step; scaled like the losses under fp16."""
+        regularizer = getattr(self.model, "regularizer", lambda: None)()
+        if regularizer is None:
+            return
+        (regularizer if grad_scale is None else regularizer * grad_scale).backward()
+        self._regularized = True
+        self._regularizer_sum += regularizer.detach()
 
     def _losses(self, preds: dict[str, Tensor], batch) -> dict[str, Tensor]:
         if self.sync is not None:  # values of the global batch, gradients of this shard
@@ -434,6 +452,21 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as handle:  # one write: a kill leaves at most one partial row, cut on resume
             handle.write(text.getvalue())
+
+
+def check_sharing(model: nn.Module, engine: StepEngine, balancer: str, shared: list[nn.Parameter],
+                  monitored: bool = False) -> None:
+    """A one-line error where the balancer or the conflict monitor takes per-task gradients at shared parameters
+    that the architecture does not have (``model.arch: soft``)."""
+    if shared:
+        return
+    arch = getattr(model, "arch", "hard")
+    if monitored:
+        raise ValueError(f"train.monitor_every: model.arch {arch} shares no parameters, so there are no gradient "
+                         "conflicts to monitor; leave it unset (null)")
+    if engine.takes_task_gradients:
+        raise ValueError(f"model.arch: {arch} shares no parameters, so train.balancer {balancer!r} has nothing to "
+                         "balance; use a loss weighting such as ew, uw, dwa or model.arch: hard")
 
 
 def check_monitor(monitor: str, tasks: list[Task]) -> None:

@@ -215,35 +215,44 @@ class GNNEncoder(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
                 batch: Tensor | None = None, num_graphs: int | None = None) -> Tensor:
         """Node embeddings ``[num_nodes, out_channels]``."""
-        if batch is None:
-            batch = x.new_zeros(x.size(0), dtype=torch.long)
-            num_graphs = 1
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        batch, num_graphs = _batch_vector(x, batch, num_graphs)
+        h, vn = self.begin(x, num_graphs)
+        outputs: list[Tensor] = []
+        for layer in range(self.num_layers):
+            h, vn = self.layer(layer, h, vn, edge_index, edge_attr, batch, num_graphs)
+            outputs.append(h)
+        return self.readout(outputs)
+
+    def begin(self, x: Tensor, num_graphs: int) -> tuple[Tensor, Tensor | None]:
+        """The layer-wise API's start (:meth:`forward` is ``begin``, :meth:`layer` for every layer, :meth:`readout`):
+        the input embedding :math:`h^0` and the virtual-node state :math:`v^0` (``None`` without one)."""
         h = self.node_encoder(x if x.dtype == torch.long else x.float())
         if self.gru is not None:
             h = torch.relu(h)
-        vn = None
-        if self.virtual_node is not None:
-            vn = self.virtual_node.weight.expand(num_graphs, -1)
-        outputs: list[Tensor] = []
-        for layer in range(self.num_layers):
-            h_in = h if vn is None else h + vn[batch]
-            out = self._conv(layer, h_in, edge_index, edge_attr)
-            if self.gru is not None:
-                out = self.gru(torch.relu(out), h_in)
-            else:
-                out = self.norms[layer](out)
-                if layer < self.num_layers - 1:
-                    out = torch.relu(out)
-            out = nn.functional.dropout(out, self.dropout, self.training)
-            if self.residual and self.gru is None:
-                out = out + h_in
-            if vn is not None and layer < self.num_layers - 1:
-                pooled = global_add_pool(h_in, batch, size=num_graphs)
-                vn = vn + nn.functional.dropout(self.vn_mlps[layer](pooled + vn), self.dropout, self.training)
-            h = out
-            outputs.append(h)
+        vn = self.virtual_node.weight.expand(num_graphs, -1) if self.virtual_node is not None else None
+        return h, vn
+
+    def layer(self, layer: int, h: Tensor, vn: Tensor | None, edge_index: Tensor, edge_attr: Tensor | None,
+              batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor | None]:
+        """Message-passing layer ``layer``: :math:`(h^l, v^l) \\mapsto (h^{l+1}, v^{l+1})` (see the class docstring)."""
+        h_in = h if vn is None else h + vn[batch]
+        out = self._conv(layer, h_in, edge_index, edge_attr)
+        if self.gru is not None:
+            out = self.gru(torch.relu(out), h_in)
+        else:
+            out = self.norms[layer](out)
+            if layer < self.num_layers - 1:
+                out = torch.relu(out)
+        out = nn.functional.dropout(out, self.dropout, self.training)
+        if self.residual and self.gru is None:
+            out = out + h_in
+        if vn is not None and layer < self.num_layers - 1:
+            pooled = global_add_pool(h_in, batch, size=num_graphs)
+            vn = vn + nn.functional.dropout(self.vn_mlps[layer](pooled + vn), self.dropout, self.training)
+        return out, vn
+
+    def readout(self, outputs: list[Tensor]) -> Tensor:
+        """The layer outputs combined by jumping knowledge."""
         return _jumping_knowledge(self.jk, outputs)
 
     def _conv(self, layer: int, h: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
@@ -260,6 +269,15 @@ class GNNEncoder(nn.Module):
         vn = ", virtual_node=True" if self.virtual_node is not None else ""
         name = type(self).__name__
         return f"{name}({self.conv_name}, hidden={self.hidden}, layers={self.num_layers}{vn}, jk={self.jk})"
+
+
+def _batch_vector(x: Tensor, batch: Tensor | None, num_graphs: int | None) -> tuple[Tensor, int]:
+    """The graph index of every node (all zeros without ``batch``) and the number of graphs."""
+    if batch is None:
+        return x.new_zeros(x.size(0), dtype=torch.long), 1
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    return batch, num_graphs
 
 
 def _edge_encoder(kind: str, channels: int, hidden: int) -> nn.Module:

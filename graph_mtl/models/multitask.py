@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from graph_mtl.engine.gradients import TaskRows
@@ -19,6 +20,7 @@ from graph_mtl.models.heads import (
     pool_nodes,
     pooled_width,
 )
+from graph_mtl.models.sharing import Trunk, TrunkOutput
 from graph_mtl.tasks import Task
 
 
@@ -26,7 +28,8 @@ from graph_mtl.tasks import Task
 class MultiTaskOutput:
     """What :class:`MultiTaskGNN` returns: per-task predictions and the shared representations.
 
-    ``node_repr`` is the encoder's output ``[num_nodes, width]``; ``graph_repr`` its pooling ``[num_graphs,
+    ``node_repr`` is the encoder's output ``[num_nodes, width]`` (with a sharing trunk, ``model.arch`` other than
+    ``hard``: the mean of the tasks' representations); ``graph_repr`` its pooling ``[num_graphs,
     width]`` when the graph heads share a parameter-free pooling (``None`` otherwise); ``graph_only`` says
     that every task is graph-level.
     """
@@ -37,16 +40,21 @@ class MultiTaskOutput:
     graph_only: bool = False
     #: with grouped heads: ``graph_repr`` expanded once per task, ``[T, B, width]``, row ``t`` read by task ``t`` only
     task_rows: Tensor | None = None
+    #: with a sharing trunk: the tensors every path from a shared parameter to a loss goes through (its ``Z``)
+    trunk_reprs: list[Tensor] | None = None
 
     @property
-    def shared_repr(self) -> Tensor:
+    def shared_repr(self) -> Tensor | list[Tensor]:
         """The last representation every task's loss goes through, where rep-mode balancers take gradients:
         ``graph_repr`` when every task is graph-level and pooled alike (``[B, width]``: at 128 tasks and
-        batches of 128 molecules, 0.04M numbers per task instead of the nodes' 0.6M), else ``node_repr``."""
+        batches of 128 molecules, 0.04M numbers per task instead of the nodes' 0.6M), else ``node_repr``; with a
+        sharing trunk its ``Z`` (:attr:`trunk_reprs`, see ``models/sharing.py``)."""
+        if self.trunk_reprs is not None:
+            return self.trunk_reprs
         return self.graph_repr if self.graph_repr is not None and self.graph_only else self.node_repr
 
     @property
-    def balancer_repr(self) -> Tensor | TaskRows:
+    def balancer_repr(self) -> Tensor | list[Tensor] | TaskRows:
         """What a rep-mode balancer differentiates: :attr:`task_rows` (every task's gradient at the shared
         representation in one backward) where the heads are grouped, else :attr:`shared_repr`."""
         return TaskRows(self.task_rows) if self.task_rows is not None else self.shared_repr
@@ -101,8 +109,11 @@ class MultiTaskGNN(nn.Module):
     ``heads`` is keyed by :func:`head_key` (task names may hold dots, spaces or any character); predictions,
     :meth:`head` and :meth:`task_parameters` use the task names.
 
+    With a :class:`~graph_mtl.models.sharing.Trunk` as ``encoder`` (``model.arch`` other than ``hard``) head ``t``
+    reads task ``t``'s representation, and what is shared is the trunk's to say.
+
     Args:
-        encoder: the shared encoder.
+        encoder: the shared encoder, or a sharing trunk.
         tasks: the tasks; a head of ``task.num_outputs`` outputs is built for each.
         pool: graph pooling of the graph heads; a pooling in
             :data:`~graph_mtl.models.heads.SHARED_LEARNED_POOLS` (set2set) is one module of the shared model.
@@ -113,7 +124,7 @@ class MultiTaskGNN(nn.Module):
             objects), ``False`` for separate heads, ``None`` to group from :data:`GROUPED_HEADS_FROM` eligible tasks.
     """
 
-    def __init__(self, encoder: GNNEncoder, tasks: Sequence[Task], pool: str = "mean",
+    def __init__(self, encoder: GNNEncoder | Trunk, tasks: Sequence[Task], pool: str = "mean",
                  head_hidden: int | None = None, head_layers: int = 2, head_dropout: float = 0.0,
                  grouped_heads: bool | None = None) -> None:
         super().__init__()
@@ -122,8 +133,10 @@ class MultiTaskGNN(nn.Module):
         width = encoder.out_channels
         hidden = head_hidden or encoder.hidden
         heads: dict[str, nn.Module] = {}
-        shared_learned = pool in SHARED_LEARNED_POOLS
-        blocker = grouping_blocker(self.tasks, pool)
+        self.arch = encoder.arch if isinstance(encoder, Trunk) else "hard"
+        # a learned pooling shared by the heads would sit after the trunk's Z: with a trunk each head learns its own
+        shared_learned = pool in SHARED_LEARNED_POOLS and self.arch == "hard"
+        blocker = grouping_blocker(self.tasks, pool) if self.arch == "hard" else "model.arch must be 'hard'"
         if grouped_heads and blocker:
             raise ValueError(f"model.grouped_heads: {blocker}; set it to false or leave it unset")
         grouped = blocker is None and (grouped_heads or (grouped_heads is None
@@ -159,7 +172,10 @@ class MultiTaskGNN(nn.Module):
         num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
         if batch_vec is None:
             batch_vec = batch.x.new_zeros(batch.x.size(0), dtype=batch.edge_index.dtype)
-        h = self.encoder(batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
+        inputs = (batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
+        if isinstance(self.encoder, Trunk):
+            return self._forward_trunk(self.encoder(*inputs), batch_vec, num_graphs)
+        h = self.encoder(*inputs)
         pooled = self._pool(h, batch_vec, num_graphs) if self._shared_pool else None
         if self.grouped is not None:
             rows = pooled.unsqueeze(0).expand(len(self.tasks), -1, -1) if self.per_task_rows else None
@@ -172,13 +188,35 @@ class MultiTaskGNN(nn.Module):
                            else head(h, batch_vec, num_graphs))
         return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=self._graph_only)
 
+    def _forward_trunk(self, out: TrunkOutput, batch_vec: Tensor, num_graphs: int) -> MultiTaskOutput:
+        """Head ``t`` on task ``t``'s representation from the trunk."""
+        preds = {}
+        for name, h in zip(self.task_names, out.task_reprs):
+            head = self.heads[self._keys[name]]
+            if isinstance(head, GraphHead):
+                pooled = self._pool(h, batch_vec, num_graphs) if self._shared_pool else None
+                preds[name] = head(h, batch_vec, num_graphs, pooled)
+            else:
+                preds[name] = head(h, batch_vec, num_graphs)
+        mean = out.task_reprs[0] if len(out.task_reprs) == 1 else torch.stack(out.task_reprs).mean(0)
+        return MultiTaskOutput(preds=preds, node_repr=mean, graph_only=self._graph_only,
+                               trunk_reprs=out.balancer_reprs)
+
+    def regularizer(self) -> Tensor | None:
+        """A penalty of the architecture that is not a task (soft sharing's), or ``None``; the trainer adds its
+        gradient to ``.grad`` after the balancer's step."""
+        return self.encoder.regularizer() if isinstance(self.encoder, Trunk) else None
+
     def _pool(self, h: Tensor, batch_vec: Tensor, num_graphs: int) -> Tensor:
         if self.graph_pool is not None:
             return self.graph_pool(h, batch_vec, dim_size=num_graphs)
         return pool_nodes(self.pool, h, batch_vec, num_graphs)
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the shared encoder and shared pooling (what gradient balancers act on)."""
+        """Parameters of the shared encoder and shared pooling (what gradient balancers act on); with a trunk, its
+        shared parameters (none for soft sharing)."""
+        if isinstance(self.encoder, Trunk):
+            return self.encoder.shared_parameters()
         if self.graph_pool is None:
             return self.encoder.parameters()
         return itertools.chain(self.encoder.parameters(), self.graph_pool.parameters())
@@ -190,9 +228,15 @@ class MultiTaskGNN(nn.Module):
         return self.grouped if self.grouped is not None else self.heads[self._keys[name]]
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        """Parameters of one task's head (grouped heads: the group's tensors, whose slice ``t`` is task ``t``'s)."""
-        return self.head(name).parameters()
+        """Parameters of one task's head (grouped heads: the group's tensors, whose slice ``t`` is task ``t``'s) and,
+        with a trunk, of the task's own part of it (column, gate, experts)."""
+        head = self.head(name).parameters()
+        if isinstance(self.encoder, Trunk):
+            return itertools.chain(head, self.encoder.task_parameters(self.task_names.index(name)))
+        return head
 
     def last_shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the last shared layer (GradNorm's W)."""
+        if isinstance(self.encoder, Trunk):
+            return self.encoder.last_shared_parameters()
         return self.encoder.last_layer().parameters()
