@@ -260,7 +260,11 @@ def summarise(plan: Plan, results: dict[tuple[str, int], dict[str, Any]]) -> dic
     baselines = dict(plan.known)
     for task in plan.reference:
         if task not in baselines:
-            baselines[task] = _test_metrics(results[(f"{SINGLE}/{task}", plan.seeds[0])])[task]
+            single = _test_metrics(results[(f"{SINGLE}/{task}", plan.seeds[0])])
+            if task not in single:
+                raise ValueError(f"data: the single-task model of {task!r} has no test {plan.metrics[task]} (one "
+                                 "class only in the test split?); use a larger data.limit or give --baselines")
+            baselines[task] = single[task]
     rows = {}
     configs = run_configs(plan)
     for balancer in plan.balancers:
