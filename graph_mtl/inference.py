@@ -272,7 +272,8 @@ def blank_labels(tasks: Sequence[Task], graph: Data) -> Data:
 
 
 def featurise_all(run: LoadedRun | Ensemble, smiles: Sequence[str]) -> tuple[list[Data | None], list[str]]:
-    """The run's featuriser on every SMILES: a graph (with blank labels) or ``None`` and the reason."""
+    """The run's featuriser on every SMILES: a graph (with blank labels and, for a run with
+    ``data.graph_features``, its molecule features ``graph_x``) or ``None`` and the reason."""
     from graph_mtl.data.featurise import featurise
 
     if run.featuriser is None:
@@ -284,6 +285,14 @@ def featurise_all(run: LoadedRun | Ensemble, smiles: Sequence[str]) -> tuple[lis
         graph, reason = featurise(run.featuriser, smi)
         graphs.append(None if graph is None else blank_labels(run.tasks, graph))
         errors.append(reason)
+    spec = run.featuriser.get("graph_features")
+    if spec is not None:  # data.graph_features: the run's transform (training statistics) on the new molecules
+        from graph_mtl.data.graph_features import features_for_smiles
+
+        rows = [i for i, g in enumerate(graphs) if g is not None]
+        features = features_for_smiles(spec, [smiles[i].strip() for i in rows])
+        for k, i in enumerate(rows):
+            graphs[i].graph_x = features[k:k + 1]
     return graphs, errors
 
 

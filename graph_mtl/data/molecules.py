@@ -87,6 +87,12 @@ LABEL_SOURCES: dict[str, str] = {
 }
 
 
+#: the preferred pooling of the additive properties (``logp`` = sum of atom contributions, ``tpsa`` = sum of polar
+#: fragment contributions): a sum over atoms expresses them exactly, a mean needs the atom count from elsewhere;
+#: ``model.pool: auto`` (the default) uses it, see :func:`graph_mtl.models.heads.task_pools`
+ADDITIVE_POOL = "add"
+
+
 def embedded_tasks() -> list[Task]:
     """The nine tasks of the embedded dataset, in model order (graph tasks first)."""
 
@@ -98,8 +104,8 @@ def embedded_tasks() -> list[Task]:
         )
 
     return [
-        make("logp", "graph", "regression"),
-        make("tpsa", "graph", "regression"),
+        make("logp", "graph", "regression", pool=ADDITIVE_POOL),
+        make("tpsa", "graph", "regression", pool=ADDITIVE_POOL),
         make("qed", "graph", "regression"),
         make("lipinski", "graph", "binary"),
         make("brenk", "graph", "binary"),

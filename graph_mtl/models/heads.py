@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import torch
 from torch import Tensor, nn
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.nn.aggr import AttentionalAggregation, Set2Set
+
+from graph_mtl.tasks import Task
 
 POOLS: tuple[str, ...] = ("mean", "add", "max", "attention", "set2set")
 #: learned poolings that :class:`~graph_mtl.models.MultiTaskGNN` shares between its graph heads (part of the shared
@@ -48,7 +53,9 @@ class NodeHead(nn.Module):
 
 
 class GraphHead(nn.Module):
-    r"""Pools node embeddings per graph, :math:`g = \mathrm{pool}_{n \in G} h_n`, then predicts with an MLP.
+    r"""Pools node embeddings per graph, :math:`g = \mathrm{pool}_{n \in G} h_n`, appends the graph's own
+    features :math:`u_G` (``extra_channels`` of them, e.g. molecular descriptors), then predicts with an MLP:
+    :math:`y_G = \mathrm{MLP}([g \,\|\, u_G])`.
 
     Args:
         in_channels: width of the node embeddings.
@@ -60,16 +67,18 @@ class GraphHead(nn.Module):
         dropout: dropout between the MLP's layers.
         own_pool: build this head's own module of a learned pooling; ``False`` when the model pools for every
             head (the head then needs ``pooled`` in :meth:`forward`).
+        extra_channels: width of the per-graph features appended to the pooled embedding (0: none).
     """
 
     def __init__(self, in_channels: int, out_channels: int, pool: str = "mean", hidden: int = 128,
-                 num_layers: int = 2, dropout: float = 0.0, own_pool: bool = True) -> None:
+                 num_layers: int = 2, dropout: float = 0.0, own_pool: bool = True, extra_channels: int = 0) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"head.pool: unknown value {pool!r}; choose one of {list(POOLS)}")
         self.pool_name = pool
         self.pooling = make_pool(pool, in_channels) if own_pool else None
-        self.mlp = mlp(pooled_width(pool, in_channels), hidden, out_channels, num_layers, dropout)
+        self.extra_channels = extra_channels
+        self.mlp = mlp(pooled_width(pool, in_channels) + extra_channels, hidden, out_channels, num_layers, dropout)
 
     @property
     def learned_pool(self) -> bool:
@@ -83,10 +92,36 @@ class GraphHead(nn.Module):
             raise ValueError(f"head.pool: {self.pool_name!r} is pooled by the model; pass pooled= to the head")
         return pool_nodes(self.pool_name, h, batch, num_graphs)
 
-    def forward(self, h: Tensor, batch: Tensor, num_graphs: int, pooled: Tensor | None = None) -> Tensor:
-        """Predictions ``[num_graphs, out]``; ``pooled`` is this head's pooling of ``h`` computed elsewhere
-        (shared by the heads when the pooling has no parameters)."""
-        return self.mlp(self.pool(h, batch, num_graphs) if pooled is None else pooled)
+    def forward(self, h: Tensor, batch: Tensor, num_graphs: int, pooled: Tensor | None = None,
+                extra: Tensor | None = None) -> Tensor:
+        """Predictions ``[num_graphs, out]``. ``pooled`` is this head's whole input computed elsewhere (the
+        heads' shared pooling of ``h``, with the graph features already appended: :func:`with_graph_features`);
+        without it the head pools ``h`` and appends ``extra`` (``[num_graphs, extra_channels]``) itself."""
+        if pooled is None:
+            pooled = with_graph_features(self.pool(h, batch, num_graphs), extra)
+        return self.mlp(pooled)
+
+
+def with_graph_features(pooled: Tensor, extra: Tensor | None) -> Tensor:
+    """``[pooled | extra]``: per-graph features ``[B, F]`` appended to the pooled embeddings ``[B, width]``."""
+    return pooled if extra is None else torch.cat([pooled, extra.to(pooled.dtype)], dim=1)
+
+
+def task_pools(tasks: Sequence[Task], pool: str = "mean", overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The pooling of every graph task: ``overrides[task]`` (``model.task_pool``), else ``pool``; ``pool="auto"``
+    takes the task's own preference (``task.extra["pool"]``, declared by its dataset), else ``mean``. A name in
+    ``overrides`` that is not a graph task is a one-line error naming ``model.task_pool``."""
+    overrides = dict(overrides or {})
+    graph = [t for t in tasks if t.level == "graph"]
+    unknown = sorted(set(overrides) - {t.name for t in graph})
+    if unknown:
+        raise ValueError(f"model.task_pool: {unknown} are not graph tasks of this dataset; its graph tasks: "
+                         f"{[t.name for t in graph]}")
+    for name, value in overrides.items():
+        if value not in POOLS:
+            raise ValueError(f"model.task_pool: unknown pooling {value!r} for task {name!r}; choose one of "
+                             f"{list(POOLS)}")
+    return {t.name: overrides.get(t.name, t.extra.get("pool", "mean") if pool == "auto" else pool) for t in graph}
 
 
 def make_pool(pool: str, width: int) -> nn.Module | None:
