@@ -22,6 +22,9 @@ task               level  kind        definition
 ``brenk_atom``     node   binary      1 if the atom is part of a Brenk alert match
 =================  =====  ==========  ===================================================================
 
+``logp`` and ``tpsa`` are sums of atom or fragment contributions: their tasks prefer ``add`` pooling
+(``task.extra["pool"]``, used by ``model.pool: auto``, the default; :data:`ADDITIVE_POOL`).
+
 A label RDKit cannot compute (an exception or a non-finite value, e.g. Gasteiger charges on metal complexes)
 is ``NaN`` = missing; the molecule is kept. Regression targets are stored raw; ``info["target_stats"]`` has
 their train-split mean and std. Graphs use OGB's ``smiles2graph`` featurisation (9 atom, 3 bond integer
