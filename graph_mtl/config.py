@@ -158,7 +158,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.scheduler": ("none", "cosine", "step", "plateau"),
     "model.norm": ("batch", "layer", "none"),
     "model.jk": ("last", "sum", "max", "cat"),
-    "model.pool": ("auto", "mean", "add", "max", "attention", "set2set"),
+    "model.pool": ("auto", "mean", "add", "max", "attention", "set2set", "contrib"),
     "data.graph_features": ("none", "rdkit2d", "morgan", "rdkit2d+morgan"),
     "model.vn_norm": ("batch", "layer"),
     "train.amp": ("none", "bf16", "fp16"),

@@ -173,12 +173,12 @@ class LoadedRun:
     def embed(self, smiles: Sequence[str], nodes: bool = False,
               batch_size: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
         """Shared embeddings and each row's error (``""`` if none): ``graphs``, one pooled row per input
-        (``model.pool``; mean for attention pooling; NaN for unusable SMILES), and with ``nodes`` also every
-        atom's row ``nodes`` with its input ``row`` and ``atom`` index, stacked in input order."""
+        (``model.pool``; mean for learned poolings and ``contrib``; NaN for unusable SMILES), and with ``nodes``
+        also every atom's row ``nodes`` with its input ``row`` and ``atom`` index, stacked in input order."""
         graphs, errors = featurise_all(self, smiles)
         valid = [g for g in graphs if g is not None]
         width = self.model.encoder.out_channels
-        pool = self.model.pool if self.model.pool != "attention" else "mean"
+        pool = self.model.pool if self.model.pool in ("mean", "add", "max") else "mean"
         pooled, atoms = [], []
         self.model.eval()
         with torch.no_grad():

@@ -234,3 +234,18 @@ def test_bad_inputs_exit_2_with_one_line_naming_the_key(args, field, tmp_path, c
     lines = err.strip().splitlines()
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_contrib_pooling_sums_a_contribution_per_node(tiny_dataset, tmp_path):
+    dataset = _molecules(tiny_dataset)
+    attach_graph_features(dataset, "morgan", tmp_path)
+    model = _model(dataset, task_pool={"size": "contrib"}, graph_features=2048).eval()
+    batch = next(iter(DataLoader(dataset.splits["train"], batch_size=5)))
+    out = model(batch)
+    head = model.head("size")
+    node = head.mlp(out.node_repr)
+    by_hand = torch.stack([node[batch.batch == i].sum(0) for i in range(5)]) + head.extra_linear(batch.graph_x)
+    assert torch.allclose(out.preds["size"], by_hand, atol=1e-5) and out.graph_repr is None
+    dataset.tasks = [t for t in dataset.tasks if t.level == "graph"]
+    with pytest.raises(ValueError, match=r"^model.grouped_heads: pool 'contrib'"):
+        _model(dataset, pool="contrib", grouped_heads=True)

@@ -11,7 +11,9 @@ from torch_geometric.nn.aggr import AttentionalAggregation, Set2Set
 
 from graph_mtl.tasks import Task
 
-POOLS: tuple[str, ...] = ("mean", "add", "max", "attention", "set2set")
+POOLS: tuple[str, ...] = ("mean", "add", "max", "attention", "set2set", "contrib")
+#: poolings that apply the head's MLP to every node before summing (the head reads the node embeddings)
+NODE_READOUTS: frozenset[str] = frozenset({"contrib"})
 #: learned poolings that :class:`~graph_mtl.models.MultiTaskGNN` shares between its graph heads (part of the shared
 #: model, as in Gilmer et al.'s MPNN); ``attention`` stays one per head
 SHARED_LEARNED_POOLS: frozenset[str] = frozenset({"set2set"})
@@ -60,8 +62,11 @@ class GraphHead(nn.Module):
     Args:
         in_channels: width of the node embeddings.
         out_channels: outputs per graph.
-        pool: ``"mean"``, ``"add"``, ``"max"``, ``"attention"`` (a learned gate per node, softmax per graph) or
-            ``"set2set"`` (Vinyals et al.'s LSTM read-out of :data:`SET2SET_STEPS` steps, width ``2 * in``).
+        pool: ``"mean"``, ``"add"``, ``"max"``, ``"attention"`` (a learned gate per node, softmax per graph),
+            ``"set2set"`` (Vinyals et al.'s LSTM read-out of :data:`SET2SET_STEPS` steps, width ``2 * in``) or
+            ``"contrib"``: a contribution per node, summed, :math:`y_G = \sum_{n \in G} \mathrm{MLP}(h_n) + W u_G`
+            (exactly additive: an atom-contribution property such as logP or TPSA is expressible for molecules
+            of any size, where an MLP of the summed embeddings is not additive and extrapolates poorly).
         hidden: width of the hidden layers.
         num_layers: linear layers of the MLP.
         dropout: dropout between the MLP's layers.
@@ -78,12 +83,17 @@ class GraphHead(nn.Module):
         self.pool_name = pool
         self.pooling = make_pool(pool, in_channels) if own_pool else None
         self.extra_channels = extra_channels
-        self.mlp = mlp(pooled_width(pool, in_channels) + extra_channels, hidden, out_channels, num_layers, dropout)
+        readout = pool in NODE_READOUTS
+        self.mlp = mlp(in_channels if readout else pooled_width(pool, in_channels) + extra_channels, hidden,
+                       out_channels, num_layers, dropout)
+        #: ``contrib``: the graph features' linear term ``W u_G``
+        self.extra_linear = nn.Linear(extra_channels, out_channels, bias=False) if readout and extra_channels else None
 
     @property
     def learned_pool(self) -> bool:
-        """Whether the pooling has parameters of this head (attention, set2set); else every head pools alike."""
-        return self.pooling is not None
+        """Whether this head pools by itself (parameters of its own pooling: attention, set2set; or a per-node
+        read-out: contrib); else every head pools alike."""
+        return self.pooling is not None or self.pool_name in NODE_READOUTS
 
     def pool(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         if self.pooling is not None:
@@ -97,6 +107,9 @@ class GraphHead(nn.Module):
         """Predictions ``[num_graphs, out]``. ``pooled`` is this head's whole input computed elsewhere (the
         heads' shared pooling of ``h``, with the graph features already appended: :func:`with_graph_features`);
         without it the head pools ``h`` and appends ``extra`` (``[num_graphs, extra_channels]``) itself."""
+        if self.pool_name in NODE_READOUTS:
+            y = pool_nodes("add", self.mlp(h), batch, num_graphs)
+            return y if self.extra_linear is None or extra is None else y + self.extra_linear(extra.to(y.dtype))
         if pooled is None:
             pooled = with_graph_features(self.pool(h, batch, num_graphs), extra)
         return self.mlp(pooled)

@@ -92,8 +92,8 @@ def grouping_blocker(tasks: Sequence[Task], pool: str) -> str | None:
         return "every task must be graph-level"
     if any(t.num_outputs != 1 for t in tasks):
         return "every task must have one output (a binary or one-column regression task)"
-    if pool == "attention":
-        return "pool 'attention' learns one pooling per head"
+    if pool in ("attention", "contrib"):
+        return f"pool {pool!r} is a pooling of each head's own"
     return None
 
 
