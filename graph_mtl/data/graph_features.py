@@ -88,7 +88,7 @@ def raw_features(kind: str, smiles: Sequence[str], progress: bool = False) -> np
     blocks = parts(kind)
     rows = []
     items = tqdm(smiles, desc=f"graph features {kind}", unit="mol", file=sys.stderr, leave=False,
-                 disable=not progress or len(smiles) < PROGRESS_MIN)
+                 disable=not progress or len(smiles) < PROGRESS_MIN or not sys.stderr.isatty())
     with rdBase.BlockLogs():
         for smi in items:
             mol = Chem.MolFromSmiles(smi)
