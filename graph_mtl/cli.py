@@ -329,6 +329,7 @@ def _parse_seeds(text: str) -> list[int]:
 def _list() -> int:
     from graph_mtl.balancers import BALANCERS
     from graph_mtl.balancers.base import FAMILIES as FAMILY_ORDER
+    from graph_mtl.data.graph_features import KINDS
     from graph_mtl.data.registry import DATASETS
     from graph_mtl.models import CONVS, POOLS
 
@@ -336,7 +337,9 @@ def _list() -> int:
     for name, (_, text) in DATASETS.items():
         print(f"  {name:<12} {text}")
     print(f"encoders (model.conv): {', '.join(CONVS)}")
-    print(f"pooling (model.pool): {', '.join(POOLS)}")
+    print(f"pooling (model.pool, model.task_pool): {', '.join(POOLS)}; model.pool: auto = each task's preference "
+          "declared by its dataset, else mean")
+    print(f"molecule features (data.graph_features): {', '.join(KINDS)}")
     print("balancers (train.balancer), by the kind of input they read:")
     for name, cls in sorted(BALANCERS.items(), key=lambda kv: (FAMILY_ORDER.index(kv[1].family), kv[0])):
         print(f"  {name:<12} {cls.family:<10} {cls.paper}")

@@ -63,6 +63,10 @@ class DataConfig:
     num_parts: int = 8
     parts_per_batch: int = 1
     partition: str = "random"
+    #: molecule-level features from each molecule's SMILES, concatenated to the pooled graph representation
+    #: before every graph head (``data/graph_features.py``): ``rdkit2d`` (RDKit's 2D descriptors, normalised
+    #: with training-split statistics), ``morgan`` (Morgan count fingerprint, radius 2, 2048 bits, log1p), both
+    graph_features: str = "none"
 
 
 @dataclass
@@ -81,7 +85,11 @@ class ModelConfig:
     dropout: float = 0.1
     jk: str = "last"
     heads: int = 4
-    pool: str = "mean"
+    #: graph pooling of every graph head; ``auto``: each task's pooling as its dataset declares it
+    #: (``task.extra["pool"]``), else ``mean``; ``contrib`` sums a per-node MLP (exactly additive read-out)
+    pool: str = "auto"
+    #: ``{task: pooling}``: overrides ``pool`` for these graph tasks
+    task_pool: dict[str, str] = field(default_factory=dict)
     head_layers: int = 2
     head_hidden: int | None = None
     #: one grouped module for all heads of one-output graph tasks (batched products: many tasks train as fast as
@@ -109,6 +117,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     scheduler: str = "none"
+    #: linear learning-rate warm-up over the first N epochs (epoch k in 1..N trains at ``lr * k / N``), then the
+    #: scheduler over the remaining epochs; 0: none
+    warmup_epochs: int = 0
     #: ``scheduler: plateau``: the factor, the epochs without improvement of the monitor, the floor
     plateau_factor: float = 0.5
     plateau_patience: int = 3
@@ -168,7 +179,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.scheduler": ("none", "cosine", "step", "plateau"),
     "model.norm": ("batch", "layer", "none"),
     "model.jk": ("last", "sum", "max", "cat"),
-    "model.pool": ("mean", "add", "max", "attention", "set2set"),
+    "model.pool": ("auto", "mean", "add", "max", "attention", "set2set", "contrib"),
+    "data.graph_features": ("none", "rdkit2d", "morgan", "rdkit2d+morgan"),
     "model.vn_norm": ("batch", "layer"),
     "model.arch": ("hard", "soft", "cross_stitch", "mmoe", "cgc", "ple"),
     "model.soft_target": ("pairwise", "mean"),
@@ -192,7 +204,7 @@ POSITIVE: tuple[str, ...] = (
 #: keys that must be >= 0
 NON_NEGATIVE: tuple[str, ...] = (
     "seed", "data.split_seed", "data.num_workers", "train.weight_decay", "train.freeze_epochs", "model.soft_l2",
-    "model.task_experts",
+    "model.task_experts", "train.warmup_epochs",
 )
 
 
@@ -415,7 +427,14 @@ def _validate(config: Config) -> None:
     if model.arch != "hard" and model.grouped_heads:
         raise ConfigError(f"model.grouped_heads: grouped heads read one shared representation, which model.arch "
                           f"{model.arch!r} does not have; set it to false or leave it unset")
+    for task, pool in config.model.task_pool.items():
+        if pool not in CHOICES["model.pool"][1:]:
+            raise ConfigError(f"model.task_pool: unknown pooling {pool!r} for task {task!r}; choose one of "
+                              f"{list(CHOICES['model.pool'][1:])}")
     train = config.train
+    if train.warmup_epochs >= train.epochs:
+        raise ConfigError(f"train.warmup_epochs: {train.warmup_epochs} must be less than train.epochs="
+                          f"{train.epochs}")
     if train.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {train.lr}")
     if not 0 <= config.model.dropout < 1:

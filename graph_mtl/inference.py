@@ -173,12 +173,12 @@ class LoadedRun:
     def embed(self, smiles: Sequence[str], nodes: bool = False,
               batch_size: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
         """Shared embeddings and each row's error (``""`` if none): ``graphs``, one pooled row per input
-        (``model.pool``; mean for attention pooling; NaN for unusable SMILES), and with ``nodes`` also every
-        atom's row ``nodes`` with its input ``row`` and ``atom`` index, stacked in input order."""
+        (``model.pool``; mean for learned poolings and ``contrib``; NaN for unusable SMILES), and with ``nodes``
+        also every atom's row ``nodes`` with its input ``row`` and ``atom`` index, stacked in input order."""
         graphs, errors = featurise_all(self, smiles)
         valid = [g for g in graphs if g is not None]
         width = self.model.encoder.out_channels
-        pool = self.model.pool if self.model.pool != "attention" else "mean"
+        pool = self.model.pool if self.model.pool in ("mean", "add", "max") else "mean"
         pooled, atoms = [], []
         self.model.eval()
         with torch.no_grad():
@@ -272,7 +272,8 @@ def blank_labels(tasks: Sequence[Task], graph: Data) -> Data:
 
 
 def featurise_all(run: LoadedRun | Ensemble, smiles: Sequence[str]) -> tuple[list[Data | None], list[str]]:
-    """The run's featuriser on every SMILES: a graph (with blank labels) or ``None`` and the reason."""
+    """The run's featuriser on every SMILES: a graph (with blank labels and, for a run with
+    ``data.graph_features``, its molecule features ``graph_x``) or ``None`` and the reason."""
     from graph_mtl.data.featurise import featurise
 
     if run.featuriser is None:
@@ -284,6 +285,14 @@ def featurise_all(run: LoadedRun | Ensemble, smiles: Sequence[str]) -> tuple[lis
         graph, reason = featurise(run.featuriser, smi)
         graphs.append(None if graph is None else blank_labels(run.tasks, graph))
         errors.append(reason)
+    spec = run.featuriser.get("graph_features")
+    if spec is not None:  # data.graph_features: the run's transform (training statistics) on the new molecules
+        from graph_mtl.data.graph_features import features_for_smiles
+
+        rows = [i for i, g in enumerate(graphs) if g is not None]
+        features = features_for_smiles(spec, [smiles[i].strip() for i in rows])
+        for k, i in enumerate(rows):
+            graphs[i].graph_x = features[k:k + 1]
     return graphs, errors
 
 

@@ -59,8 +59,11 @@ def config_key_errors() -> Iterator[None]:
 
 def model_inputs(cfg: ModelConfig, dataset: MultiTaskDataset) -> dict[str, Any]:
     """What :func:`build_model` reads from the dataset, as plain values (checkpoints keep them to rebuild the
-    model without the data): feature kind and widths, whether it is one graph, PNA's degree histogram."""
+    model without the data): feature kind and widths (``graph_features``: the width of ``data.graph_features``),
+    whether it is one graph, PNA's degree histogram."""
+    features = dataset.info.get("graph_features")
     return {"dataset": dataset.name, "node_features": dataset.node_features,
+            "graph_features": 0 if features is None else features["width"],
             "num_node_features": dataset.num_node_features, "num_edge_features": dataset.num_edge_features,
             "single_graph": is_single_graph(dataset),
             "pna_deg": degree_histogram(dataset.splits["train"]) if cfg.conv == "pna" else None}
@@ -103,7 +106,8 @@ def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task
                               soft_l2=cfg.soft_l2, soft_target=cfg.soft_target, experts=cfg.experts,
                               task_experts=cfg.task_experts, ple_levels=cfg.ple_levels)
     return MultiTaskGNN(encoder, tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
-                        head_layers=cfg.head_layers, head_dropout=cfg.dropout, grouped_heads=cfg.grouped_heads)
+                        head_layers=cfg.head_layers, head_dropout=cfg.dropout, grouped_heads=cfg.grouped_heads,
+                        task_pool=cfg.task_pool, graph_features=inputs.get("graph_features", 0))
 
 
 def build_balancer(cfg: TrainConfig, task_names: list[str]) -> StepEngine:
@@ -195,6 +199,10 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
                         for g in v) for k, v in dataset.splits.items()}
     log(f"dataset {dataset.name}: {len(dataset.tasks)} tasks, splits {sizes} {unit} "
         f"({time.perf_counter() - started:.1f}s)")
+    features = dataset.info.get("graph_features")
+    if features is not None:
+        log(f"graph features {config.data.graph_features}: {features['width']} per molecule "
+            f"({'read from the cache' if features['from_cache'] else 'computed and cached'}, {features['seconds']}s)")
     inputs = model_inputs(config.model, dataset)
     with config_key_errors():
         model = model_from_inputs(config.model, inputs, dataset.tasks)

@@ -159,3 +159,10 @@ def test_cli_bad_seeds_are_a_one_line_error(capsys):
 
     assert main(["train", "--seeds", "0,x"]) == 2
     assert "--seeds: expected distinct comma-separated integers" in capsys.readouterr().err
+
+
+def test_ogb_graphs_carry_their_smiles_for_graph_features(tox21):
+    from ogb.utils import smiles2graph
+
+    for graph in (tox21.splits["train"][0], tox21.splits["test"][-1]):
+        assert isinstance(graph.smiles, str) and smiles2graph(graph.smiles)["num_nodes"] == graph.num_nodes

@@ -22,6 +22,12 @@ task               level  kind        definition
 ``brenk_atom``     node   binary      1 if the atom is part of a Brenk alert match
 =================  =====  ==========  ===================================================================
 
+``logp`` and ``tpsa`` are sums of atom or fragment contributions, yet their tasks declare no preferred
+pooling (``task.extra["pool"]``, which ``model.pool: auto`` would use): on the default demo run (seed 0, 30
+epochs) ``add`` pooling gave test RMSEs of 47.8 (tpsa) and 2.85 (logp) and ``contrib`` 24.9 and 0.75, against
+20.4 and 0.74 with ``mean``; the test split's error is dominated by one molecule of TPSA 778 (the training
+maximum is 276) that no pooling extrapolates to.
+
 A label RDKit cannot compute (an exception or a non-finite value, e.g. Gasteiger charges on metal complexes)
 is ``NaN`` = missing; the molecule is kept. Regression targets are stored raw; ``info["target_stats"]`` has
 their train-split mean and std. Graphs use OGB's ``smiles2graph`` featurisation (9 atom, 3 bond integer

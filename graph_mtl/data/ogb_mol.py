@@ -111,6 +111,17 @@ def column_names(dataset, num_columns: int) -> list[str]:
     return [f"task{i}" for i in range(num_columns)]
 
 
+def ogb_smiles(dataset) -> list[str] | None:
+    """Each graph's SMILES from ``mapping/mol.csv.gz`` (row ``i`` is graph ``i``); ``None`` without the file."""
+    path = Path(dataset.root) / "mapping" / "mol.csv.gz"
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    column = pd.read_csv(path, usecols=["smiles"])["smiles"]
+    return [str(s) for s in column] if len(column) == len(dataset) else None
+
+
 def ogb_tasks(short: str, columns: list[str], task_type: str, metric: str, view: str) -> list[Task]:
     """The tasks of an OGB dataset in the ``columns`` or ``multilabel`` view."""
     regression = "regression" in task_type
@@ -138,10 +149,13 @@ def load_ogb_mol(name: str, root: str | Path | None = None, view: str = "columns
     short = name.removeprefix("ogbg-mol")
     tasks = ogb_tasks(short, columns, dataset.task_type, metric, view)
 
+    smiles = ogb_smiles(dataset)  # for data.graph_features and the scaffolds of new molecules
+
     def graph(i: int) -> Data:
         g = dataset[i]
+        extra = {} if smiles is None else {"smiles": smiles[i]}
         return Data(x=g.x, edge_index=g.edge_index, edge_attr=g.edge_attr, y_graph=y[i:i + 1].clone(),
-                    num_nodes=g.num_nodes)
+                    num_nodes=g.num_nodes, **extra)
 
     splits = {key: [graph(int(i)) for i in split[key][:limit]] for key in ("train", "valid", "test")}
     info = {"source": f"ogb {name}", "root": str(dataset.root), "graphs": sum(map(len, splits.values())),

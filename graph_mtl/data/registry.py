@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from graph_mtl.config import DataConfig
@@ -113,12 +114,18 @@ def featuriser_for(dataset: MultiTaskDataset) -> dict[str, Any] | None:
     if key == "embedded":
         from graph_mtl.data.molecules import ORGANIC_ELEMENTS
 
-        return ogb_featuriser(ORGANIC_ELEMENTS, min_bonds=1)  # the molecules parse_molecule keeps
-    return ogb_featuriser() if key in ("csv", "ogbg-mol*") else None
+        spec = ogb_featuriser(ORGANIC_ELEMENTS, min_bonds=1)  # the molecules parse_molecule keeps
+    elif key in ("csv", "ogbg-mol*"):
+        spec = ogb_featuriser()
+    else:
+        return None
+    features = dataset.info.get("graph_features")
+    return spec if features is None else {**spec, "graph_features": features["spec"]}
 
 
 def load_dataset(cfg: DataConfig) -> MultiTaskDataset:
-    """Load the dataset named in ``cfg`` and keep only ``cfg.tasks`` when given."""
+    """Load the dataset named in ``cfg``, keep only ``cfg.tasks`` when given, and attach the molecule-level
+    features of ``cfg.graph_features`` (``data/graph_features.py``; cached in ``cfg.root`` or the default cache)."""
     key = registry_key(cfg.name)
     if key not in DATASETS:
         raise ValueError(f"data.name: unknown dataset {cfg.name!r}; choose one of {sorted(DATASETS)}")
@@ -129,4 +136,9 @@ def load_dataset(cfg: DataConfig) -> MultiTaskDataset:
         if unknown:
             raise ValueError(f"data.tasks: {unknown} not in dataset {cfg.name!r}; its tasks: {known}")
         dataset.tasks = [t for t in dataset.tasks if t.name in cfg.tasks]
+    if cfg.graph_features != "none":
+        from graph_mtl.data.graph_features import attach_graph_features
+        from graph_mtl.data.molecules import default_cache_dir
+
+        attach_graph_features(dataset, cfg.graph_features, Path(cfg.root) if cfg.root else default_cache_dir())
     return dataset

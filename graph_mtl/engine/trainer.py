@@ -57,17 +57,67 @@ def build_optimizer(params: Iterable[nn.Parameter] | list[dict[str, Any]], cfg: 
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """``cosine`` over all epochs, ``step`` (halve every third of the run), ``plateau`` on the monitor (times
-    ``plateau_factor`` after ``plateau_patience`` epochs without gain, down to ``min_lr``), or none. Each acts on
-    every param group alike: the ratios of ``train.task_lr`` to ``train.lr`` hold (but at ``min_lr``'s floor)."""
+    """``cosine`` over the epochs after the warm-up, ``step`` (halve every third of them), ``plateau`` on the
+    monitor (times ``plateau_factor`` after ``plateau_patience`` epochs without gain, down to ``min_lr``), or
+    none; with ``warmup_epochs`` N > 0 wrapped in a :class:`Warmup` of N epochs. Each acts on every param group
+    alike: the ratios of ``train.task_lr`` to ``train.lr`` hold (but at ``min_lr``'s floor)."""
+    epochs = cfg.epochs - cfg.warmup_epochs
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.5)
-    if cfg.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
-                                                          patience=cfg.plateau_patience, min_lr=cfg.min_lr)
-    return None
+        after = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    elif cfg.scheduler == "step":
+        after = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.5)
+    elif cfg.scheduler == "plateau":
+        after = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                                           patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    else:
+        after = None
+    return Warmup(optimizer, cfg.warmup_epochs, after) if cfg.warmup_epochs > 0 else after
+
+
+class Warmup:
+    r"""Linear learning-rate warm-up per epoch, then the scheduler ``after``: epoch :math:`k \le N` trains at
+    :math:`\eta_k = \eta \, k / N` (:math:`\eta` each parameter group's learning rate when built), epoch
+    :math:`N + 1` at :math:`\eta`, and from then on ``after`` steps once per epoch as it would alone (cosine
+    decays over the remaining epochs, plateau counts epochs from the end of the warm-up).
+
+    ``after`` must be built before this (it records :math:`\eta`); the learning rates live in the optimiser's
+    state and the epochs done in :meth:`state_dict`, so a resume continues across the warm-up exactly.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int, after=None) -> None:
+        self.optimizer, self.epochs, self.after = optimizer, epochs, after
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.done = 0
+        self._set(1)
+
+    def _set(self, epoch: int) -> None:
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr * min(epoch, self.epochs) / self.epochs
+
+    def step(self, score: float | None = None) -> None:
+        """After an epoch: the next warm-up rate, or (once the warm-up is over) a step of ``after``."""
+        self.done += 1
+        if self.done <= self.epochs:
+            self._set(self.done + 1)
+        else:
+            step_scheduler(self.after, score)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "base_lrs": list(self.base_lrs),
+                "after": None if self.after is None else self.after.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done, self.base_lrs = state["done"], list(state["base_lrs"])
+        if self.after is not None and state["after"] is not None:
+            self.after.load_state_dict(state["after"])
+
+
+def step_scheduler(scheduler, score: float | None) -> None:
+    """One epoch's step of a scheduler (``None``: nothing); ``ReduceLROnPlateau`` reads the monitor ``score``."""
+    if isinstance(scheduler, (torch.optim.lr_scheduler.ReduceLROnPlateau, Warmup)):
+        scheduler.step(score)
+    elif scheduler is not None:
+        scheduler.step()
 
 
 class Trainer:
@@ -410,10 +460,7 @@ class Trainer:
                                   "with the config the run was started with (its config.yaml)") from None
 
     def _step_scheduler(self, score: float) -> None:
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(score)
-        elif self.scheduler is not None:
-            self.scheduler.step()
+        step_scheduler(self.scheduler, score)
 
     def _write_epoch(self, record: dict[str, Any], improved: bool) -> None:
         if not self.writes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,8 @@ from graph_mtl.models.heads import (
     make_pool,
     pool_nodes,
     pooled_width,
+    task_pools,
+    with_graph_features,
 )
 from graph_mtl.models.sharing import Trunk, TrunkOutput
 from graph_mtl.tasks import Task
@@ -29,9 +31,10 @@ class MultiTaskOutput:
     """What :class:`MultiTaskGNN` returns: per-task predictions and the shared representations.
 
     ``node_repr`` is the encoder's output ``[num_nodes, width]`` (with a sharing trunk, ``model.arch`` other than
-    ``hard``: the mean of the tasks' representations); ``graph_repr`` its pooling ``[num_graphs,
-    width]`` when the graph heads share a parameter-free pooling (``None`` otherwise); ``graph_only`` says
-    that every task is graph-level.
+    ``hard``: the mean of the tasks' representations); ``graph_repr`` its pooling ``[num_graphs, width]`` (with the
+    graph features appended, ``[num_graphs, width + F]``) when the graph heads share one parameter-free pooling
+    (``None`` otherwise: per-head learned poolings, or tasks pooled differently by ``model.task_pool``);
+    ``graph_only`` says that every task is graph-level.
     """
 
     preds: dict[str, Tensor]
@@ -97,8 +100,8 @@ def grouping_blocker(tasks: Sequence[Task], pool: str) -> str | None:
         return "every task must be graph-level"
     if any(t.num_outputs != 1 for t in tasks):
         return "every task must have one output (a binary or one-column regression task)"
-    if pool == "attention":
-        return "pool 'attention' learns one pooling per head"
+    if pool in ("attention", "contrib"):
+        return f"pool {pool!r} is a pooling of each head's own"
     return None
 
 
@@ -115,18 +118,25 @@ class MultiTaskGNN(nn.Module):
     Args:
         encoder: the shared encoder, or a sharing trunk.
         tasks: the tasks; a head of ``task.num_outputs`` outputs is built for each.
-        pool: graph pooling of the graph heads; a pooling in
-            :data:`~graph_mtl.models.heads.SHARED_LEARNED_POOLS` (set2set) is one module of the shared model.
+        pool: graph pooling of the graph heads (``auto``: each task's preference, see
+            :func:`~graph_mtl.models.heads.task_pools`); a pooling in
+            :data:`~graph_mtl.models.heads.SHARED_LEARNED_POOLS` (set2set) shared by every graph head is one module
+            of the shared model.
         head_hidden: hidden width of the heads (default: the encoder's width).
         head_layers: linear layers per head.
         head_dropout: dropout inside the heads.
         grouped_heads: ``True`` for one grouped module of all heads (an error where :func:`grouping_blocker`
             objects), ``False`` for separate heads, ``None`` to group from :data:`GROUPED_HEADS_FROM` eligible tasks.
+        task_pool: ``{task: pooling}`` overriding ``pool`` for those graph tasks; heads that pool differently do
+            not share a graph representation (rep-mode balancers then use ``node_repr``) and are never grouped.
+        graph_features: width ``F`` of the per-graph features ``batch.graph_x`` ``[B, F]`` appended to the pooled
+            representation before every graph head (0: none).
     """
 
     def __init__(self, encoder: GNNEncoder | Trunk, tasks: Sequence[Task], pool: str = "mean",
                  head_hidden: int | None = None, head_layers: int = 2, head_dropout: float = 0.0,
-                 grouped_heads: bool | None = None) -> None:
+                 grouped_heads: bool | None = None, task_pool: Mapping[str, str] | None = None,
+                 graph_features: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.tasks = list(tasks)
@@ -134,9 +144,17 @@ class MultiTaskGNN(nn.Module):
         hidden = head_hidden or encoder.hidden
         heads: dict[str, nn.Module] = {}
         self.arch = encoder.arch if isinstance(encoder, Trunk) else "hard"
+        #: each graph task's pooling (``pool`` = ``auto`` resolved, ``task_pool`` applied); one value: shared
+        self.task_pool = task_pools(self.tasks, pool, task_pool)
+        pools = set(self.task_pool.values())
+        mixed = len(pools) > 1
+        pool = next(iter(pools)) if len(pools) == 1 else ("mean" if pool == "auto" else pool)
+        #: width of the per-graph features (``batch.graph_x``) appended to the pooled representation
+        self.graph_features = graph_features
         # a learned pooling shared by the heads would sit after the trunk's Z: with a trunk each head learns its own
-        shared_learned = pool in SHARED_LEARNED_POOLS and self.arch == "hard"
-        blocker = grouping_blocker(self.tasks, pool) if self.arch == "hard" else "model.arch must be 'hard'"
+        shared_learned = pool in SHARED_LEARNED_POOLS and not mixed and self.arch == "hard"
+        blocker = (grouping_blocker(self.tasks, pool) if self.arch == "hard" else "model.arch must be 'hard'") or (
+            "graph tasks pool differently (model.task_pool)" if mixed else None)
         if grouped_heads and blocker:
             raise ValueError(f"model.grouped_heads: {blocker}; set it to false or leave it unset")
         grouped = blocker is None and (grouped_heads or (grouped_heads is None
@@ -144,23 +162,23 @@ class MultiTaskGNN(nn.Module):
         #: grouped heads read per-task rows of the pooled representation (:attr:`MultiTaskOutput.task_rows`), for
         #: balancers that take every task's gradient; ``False`` (loss weightings) saves their backward
         self.per_task_rows = True
-        self.grouped = (GroupedGraphHeads(pooled_width(pool, width), len(self.tasks), hidden, head_layers,
-                                          head_dropout) if grouped else None)
+        self.grouped = (GroupedGraphHeads(pooled_width(pool, width) + graph_features, len(self.tasks), hidden,
+                                          head_layers, head_dropout) if grouped else None)
         for task in self.tasks if not grouped else ():
             if task.level == "node":
                 heads[task.name] = NodeHead(width, task.num_outputs, hidden, head_layers, head_dropout)
             else:
-                heads[task.name] = GraphHead(width, task.num_outputs, pool, hidden, head_layers, head_dropout,
-                                             own_pool=not shared_learned)
+                heads[task.name] = GraphHead(width, task.num_outputs, self.task_pool[task.name], hidden, head_layers,
+                                             head_dropout, own_pool=not shared_learned, extra_channels=graph_features)
         self._keys = {name: head_key(name) for name in heads}
         self.heads = nn.ModuleDict({self._keys[name]: head for name, head in heads.items()})
         self.pool = pool
         graph_heads = [h for h in heads.values() if isinstance(h, GraphHead)]
         any_graph = bool(graph_heads) or grouped
         self.graph_pool = make_pool(pool, width) if shared_learned and any_graph else None
-        # pool once for every graph head when the pooling has no parameters of a head (also one backward through
-        # it)
-        self._shared_pool = any_graph and not any(h.learned_pool for h in graph_heads)
+        # pool once for every graph head when they pool alike and the pooling has no parameters of a head (also
+        # one backward through it); heads that pool differently share only the node representation
+        self._shared_pool = any_graph and not mixed and not any(h.learned_pool for h in graph_heads)
         self._graph_only = grouped or len(graph_heads) == len(heads)
 
     @property
@@ -173,10 +191,11 @@ class MultiTaskGNN(nn.Module):
         if batch_vec is None:
             batch_vec = batch.x.new_zeros(batch.x.size(0), dtype=batch.edge_index.dtype)
         inputs = (batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch_vec, num_graphs)
+        extra = getattr(batch, "graph_x", None) if self.graph_features else None
         if isinstance(self.encoder, Trunk):
-            return self._forward_trunk(self.encoder(*inputs), batch_vec, num_graphs)
+            return self._forward_trunk(self.encoder(*inputs), batch_vec, num_graphs, extra)
         h = self.encoder(*inputs)
-        pooled = self._pool(h, batch_vec, num_graphs) if self._shared_pool else None
+        pooled = with_graph_features(self._pool(h, batch_vec, num_graphs), extra) if self._shared_pool else None
         if self.grouped is not None:
             rows = pooled.unsqueeze(0).expand(len(self.tasks), -1, -1) if self.per_task_rows else None
             preds = ColumnPreds(self.grouped(pooled if rows is None else rows), self.task_names)
@@ -184,18 +203,20 @@ class MultiTaskGNN(nn.Module):
         preds = {}
         for name, key in self._keys.items():
             head = self.heads[key]
-            preds[name] = (head(h, batch_vec, num_graphs, pooled) if isinstance(head, GraphHead)
+            preds[name] = (head(h, batch_vec, num_graphs, pooled, extra) if isinstance(head, GraphHead)
                            else head(h, batch_vec, num_graphs))
         return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=self._graph_only)
 
-    def _forward_trunk(self, out: TrunkOutput, batch_vec: Tensor, num_graphs: int) -> MultiTaskOutput:
-        """Head ``t`` on task ``t``'s representation from the trunk."""
+    def _forward_trunk(self, out: TrunkOutput, batch_vec: Tensor, num_graphs: int,
+                       extra: Tensor | None) -> MultiTaskOutput:
+        """Head ``t`` on task ``t``'s representation from the trunk (``extra``: the per-graph features)."""
         preds = {}
         for name, h in zip(self.task_names, out.task_reprs):
             head = self.heads[self._keys[name]]
             if isinstance(head, GraphHead):
-                pooled = self._pool(h, batch_vec, num_graphs) if self._shared_pool else None
-                preds[name] = head(h, batch_vec, num_graphs, pooled)
+                pooled = (with_graph_features(self._pool(h, batch_vec, num_graphs), extra) if self._shared_pool
+                          else None)
+                preds[name] = head(h, batch_vec, num_graphs, pooled, extra)
             else:
                 preds[name] = head(h, batch_vec, num_graphs)
         mean = out.task_reprs[0] if len(out.task_reprs) == 1 else torch.stack(out.task_reprs).mean(0)
