@@ -474,8 +474,10 @@ DISTRIBUTED = {f"{name}-{mode}": (name, {**NEW[name], **({"grad_mode": mode} if 
                for mode in (["exact", "rep"] if kind == "gramian" else
                             ["exact"] if kind == "aggregator" else ["-"])}
 DISTRIBUTED["stch-plain"] = ("stch", {"warmup_epoch": None})
-#: SDMGrad's inner projected SGD (lr 10, 20 steps) amplifies the float32 rounding of the summed shard Gramians
-DISTRIBUTED_TOL = {"sdmgrad-rep": 1e-4}
+#: SDMGrad's inner projected SGD (lr 10, 20 steps) amplifies the float32 rounding of the summed shard Jacobians
+#: and Gramians: its weights agree to about 1e-4 (seen in exact mode too, on some CPUs: 0.1864 against 0.1863),
+#: while the parameters they move still agree to 1e-5
+DISTRIBUTED_TOL = {"sdmgrad-rep": 1e-4, "sdmgrad-exact": 1e-4}
 
 
 def test_two_processes_with_half_batches_take_the_single_process_step(tmp_path) -> None:
