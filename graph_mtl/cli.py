@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 return {"predict": _predict, "evaluate": _evaluate, "embed": _embed}[args.command](args)
             if args.command == "compare":
                 return _compare(args)
-            return _train_then_close(args)
+            return _train_recorded(args)
     except USER_ERRORS as error:
         if args.debug:
             raise
@@ -132,17 +132,14 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     print(f"graph-mtl: warning: {message}", file=sys.stderr)
 
 
-def _train_then_close(args: argparse.Namespace) -> int:
-    """``train``, then the process group it joined under torchrun closed on every process."""
-    from graph_mtl.engine.distributed import close_distributed
+def _train_recorded(args: argparse.Namespace) -> int:
+    """``train``, recording for the exit of a torchrun process whether it finished (see ``close_distributed``)."""
+    from graph_mtl.engine.distributed import work_finished
 
-    finished = False
-    try:
-        code = _train(args)
-        finished = True
-        return code
-    finally:
-        close_distributed(finished)
+    work_finished(False)
+    code = _train(args)
+    work_finished(True)
+    return code
 
 
 def _train(args: argparse.Namespace) -> int:

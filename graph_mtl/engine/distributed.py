@@ -53,6 +53,7 @@ own gradient scale, so a parameter whose exact gradient is zero (a bias just bef
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -216,24 +217,41 @@ def is_main_process() -> bool:
     return not (tdist.is_available() and tdist.is_initialized()) or tdist.get_rank() == 0
 
 
-_GROUPS_CREATED: list = []  # the default group when this module created it (a caller's own group is theirs)
+@dataclass
+class _OwnGroup:
+    """The default process group when :func:`init_distributed` created it, and whether the last piece of work run
+    in it (:func:`work_finished`) ended without an error."""
+
+    created: bool = False
+    finished: bool = False
 
 
-def close_distributed(finished: bool) -> None:
-    """Destroy the default process group if :func:`init_distributed` created it; a no-op otherwise.
+_OWN_GROUP = _OwnGroup()
+
+
+def work_finished(finished: bool) -> None:
+    """Record whether the work run in this process's group ended without an error (``train`` sets it); read when
+    the process exits, by :func:`close_distributed`."""
+    _OWN_GROUP.finished = finished
+
+
+def close_distributed() -> None:
+    """Destroy the default process group if :func:`init_distributed` created it (run at the process's exit); a
+    no-op for a group the caller created, or none.
 
     A process that exits with its gloo group alive can abort in the group's destructor (``terminate called
-    without an active exception``, seen about once in 20 launches of two processes on 2 loaded cores). When
-    ``finished`` every process has done its work: a barrier first lets no process tear its connections down
-    while another still talks to it. After an error there is no barrier (the others may never reach it)."""
-    if not _GROUPS_CREATED or not tdist.is_initialized():
-        _GROUPS_CREATED.clear()
+    without an active exception``: about once in 20 resumed runs of two processes on 2 loaded cores, none in 103
+    with this). It is closed at exit rather than after each run, because one process may train several runs in
+    one group (``graph_mtl.cli.main`` called in a loop). When the last work finished, a barrier first lets no
+    process tear its connections down while another still talks to it; after an error there is none (the others
+    may never reach it, and torchrun stops them)."""
+    if not _OWN_GROUP.created or not tdist.is_initialized():
         return
+    _OWN_GROUP.created = False
     try:
-        if finished:
+        if _OWN_GROUP.finished:
             tdist.barrier()
     finally:
-        _GROUPS_CREATED.clear()
         tdist.destroy_process_group()
 
 
@@ -248,7 +266,8 @@ def init_distributed(device: torch.device) -> GradientSync | None:
         if not launched_by_torchrun():
             return None
         tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        _GROUPS_CREATED.append(tdist.group.WORLD)
+        _OWN_GROUP.created = True
+        atexit.register(close_distributed)
     if tdist.get_world_size() == 1:
         return None
     return GradientSync(tdist.get_rank(), tdist.get_world_size())
