@@ -125,4 +125,6 @@ def test_every_method_is_pinned() -> None:
 @pytest.mark.parametrize("name", sorted(BALANCERS))
 def test_pinned_values(name: str) -> None:
     expected = torch.tensor(PINNED[name], dtype=torch.float64)
-    assert torch.allclose(outputs(name), expected, rtol=1e-5, atol=1e-9), outputs(name).tolist()
+    # atol 1e-7: float32 methods (dbmtl, excessmtl) round near-zero entries differently on CPUs of other vector
+    # widths (-4.6833e-05 against -4.6834e-05); every entry of order 1 is still pinned to 1e-5
+    assert torch.allclose(outputs(name), expected, rtol=1e-5, atol=1e-7), outputs(name).tolist()
