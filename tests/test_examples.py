@@ -32,3 +32,14 @@ def test_readme_library_snippet_runs_as_written_and_prints_its_figures(tmp_path,
     code, printed = _readme_library_section()
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert capsys.readouterr().out == printed
+
+
+def test_the_readme_config_block_is_every_default():
+    """The README's YAML block of the config holds every key with its default value."""
+    import yaml
+
+    from graph_mtl.config import Config
+
+    text = (EXAMPLES.parent / "README.md").read_text()
+    block = text.split("Config (YAML, every key optional", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(block) == Config().to_dict()

@@ -204,3 +204,27 @@ def test_the_cli_fine_tunes_from_a_run_folder_and_logs_what_it_loaded(tmp_path, 
     out = capsys.readouterr().out
     assert f"encoder from {tmp_path / 'pre'}; heads loaded: " in out and "; new: -" in out
     assert "init_from: " + str(tmp_path / "pre") in (tmp_path / "ft" / "config.yaml").read_text()
+
+
+# ---------------------------------------------------------------------------------------- with model.arch
+
+def test_with_mmoe_a_task_lr_group_holds_the_tasks_gate_and_a_pretrained_trunk_loads_whole(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(conv="gine", hidden=16, num_layers=2, dropout=0.0, arch="mmoe", experts=2)
+    model = build_model(model_cfg, tiny_dataset)
+    trainer = Trainer(model, create("ew", [t.name for t in tiny_dataset.tasks]),
+                      TrainConfig(epochs=1, progress=False, task_lr={"ring": 0.05}), tiny_dataset.splits["train"],
+                      out_dir=tmp_path / "pre", seed=0, log=lambda _: None)
+    own = {id(p) for p in model.task_parameters("ring")}
+    group = next(g for g in trainer.optimizer.param_groups if g.get("task") == "ring")
+    assert {id(p) for p in group["params"]} == own
+    assert own - {id(p) for p in model.heads.parameters()}  # beyond its head: its gate
+    assert not own & {id(p) for p in model.shared_parameters()}  # and none of the shared experts
+    loaders = build_loaders(tiny_dataset, batch_size=20, seed=0)
+    trainer.fit(loaders["train"], loaders["valid"])
+    torch.manual_seed(1)
+    fresh = build_model(model_cfg, tiny_dataset)
+    load_pretrained(fresh, tmp_path / "pre")
+    for (name, value), loaded in zip(model.state_dict().items(), fresh.state_dict().values()):
+        if name.startswith("encoder."):
+            assert torch.equal(value, loaded), name
