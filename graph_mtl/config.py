@@ -156,6 +156,9 @@ class TrainConfig:
     init_from: str | None = None
     #: the shared parameters (encoder, shared pooling) are not updated during the first N epochs
     freeze_epochs: int = 0
+    #: weight averaging: an exponential moving average of the weights with this decay per step (e.g. 0.999) is
+    #: what is evaluated, selected and saved (graph_mtl/engine/averaging.py); ``None``: off
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -451,9 +454,11 @@ def _validate(config: Config) -> None:
         raise ConfigError("train.threads: must be >= 1, or null for torch's default")
     if train.patience is not None and train.patience < 1:
         raise ConfigError("train.patience: must be >= 1, or null to disable early stopping")
+    from graph_mtl.engine.averaging import check_decay
     from graph_mtl.engine.strategies import check_task_lr, parse_schedule
 
     try:
+        check_decay(train.ema_decay)
         check_task_lr(train.task_lr)
         parse_schedule(train.weight_schedule)
     except ValueError as error:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from graph_mtl.balancers.base import Method
 from graph_mtl.config import TrainConfig
+from graph_mtl.engine.averaging import WeightAverage
 from graph_mtl.engine.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -202,6 +203,8 @@ class Trainer:
         self._amp = cfg.amp
         # fp16 needs loss scaling; the balancer unscales per-task gradients before combining them
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        #: ``train.ema_decay``: the moving average of the weights that is evaluated and saved (``None``: off)
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
         check_monitor(cfg.monitor, self.tasks)
 
     # ------------------------------------------------------------------------------------------ training
@@ -219,7 +222,8 @@ class Trainer:
                 self.monitor.epoch = self.epoch
             _reseed_loader(train_loader, self.seed * 100_003 + self.epoch)
             train_stats = self.train_epoch(train_loader)
-            valid = self.evaluate(valid_loader)
+            with self.evaluated_weights():
+                valid = self.evaluate(valid_loader)
             score = self.monitor_score(valid)
             improved = score > self.best_score
             if improved:
@@ -340,6 +344,8 @@ class Trainer:
         scaler.step(self.optimizer)  # skipped (and the scale lowered) when a gradient is inf or NaN
         scaler.update()
         self.step += 1
+        if self.average is not None:
+            self.average.update(self.model)
         if self.engine.wants_losses_after_step:
             self.engine.after_step(self._scheduled(self._losses_after_step(batch)))
         return raw, weights.to(self.device)
@@ -405,7 +411,7 @@ class Trainer:
         return value if task.maximise else -value
 
     def test(self, loaders: dict[str, Any], checkpoint: str | Path | None = None) -> dict[str, Any]:
-        """Evaluate the best checkpoint (or the current weights) on each named loader."""
+        """Evaluate the best checkpoint (or, with no run folder, the current evaluated weights) on each loader."""
         path = checkpoint or (self.out_dir / "best.pt" if self.out_dir is not None else None)
         reads = self.sync is None or self.sync.is_main  # rank 0 wrote best.pt: the others need no shared disk
         if reads and path is not None and Path(path).is_file():
@@ -413,13 +419,24 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         if self.sync is not None:
             self.sync.broadcast_module(self.model)
-        return {name: self.evaluate(loader) for name, loader in loaders.items()}
+        with self.evaluated_weights() if path is None else nullcontext():  # a checkpoint holds evaluated weights
+            return {name: self.evaluate(loader) for name, loader in loaders.items()}
+
+    def evaluated_weights(self):
+        """A context in which the model holds the weights that are evaluated and saved: the moving average under
+        ``train.ema_decay``, else its own."""
+        return self.average.swapped_in(self.model) if self.average is not None else nullcontext()
 
     # ------------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
+        # "model" is what is evaluated (test, predict, init_from read it); under weight averaging the training
+        # weights go beside it, for resuming
+        averaged = self.average is not None
         return {
-            "model": self.model.state_dict(),
+            "model": self.average.average if averaged else self.model.state_dict(),
+            **({"training_model": self.model.state_dict(), "average_updates": self.average.updates}
+               if averaged else {}),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "balancer": self.engine.state_dict(),
@@ -442,7 +459,11 @@ class Trainer:
         state = load_checkpoint(path, self.device)
         check_same_model(state["model"], self.model.state_dict(), path)
         try:
-            self.model.load_state_dict(state["model"])
+            if self.average is not None:
+                self.model.load_state_dict(state["training_model"])
+                self.average.load_state_dict({"updates": state["average_updates"], "average": state["model"]})
+            else:
+                self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and state["scheduler"] is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
