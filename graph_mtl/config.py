@@ -128,6 +128,10 @@ class TrainConfig:
     amp: str = "none"
     balancer: str = "ew"
     balancer_args: dict[str, Any] = field(default_factory=dict)
+    #: where a gradient method takes its per-task gradients (None: the method's default): ``exact`` (the shared
+    #: parameters, ``J [T, P]`` formed), ``rep`` (the shared representation), or ``gramian`` (Gramian methods
+    #: only, one process: the same ``G = J J^T`` as ``exact`` built layer by layer without forming ``J``, then one
+    #: backward of ``sum_i w_i L_i``)
     grad_mode: str | None = None
     update_every: int | None = None
     #: tasks per batched vector-Jacobian product of a gradient method (None: all at once)

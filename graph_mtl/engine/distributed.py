@@ -41,8 +41,11 @@ Not exact across processes: batch-norm statistics of graph batches on the CPU (e
 shard; on CUDA the trainer converts batch norms to ``SyncBatchNorm``; single-graph node datasets are exact,
 every process holding the whole graph), dropout masks, a graph-level task on a single-graph dataset (every
 process holds that graph), and methods whose update is not a Gramian-weighted sum in ``rep`` mode (GradDrop,
-DB-MTL: use ``grad_mode: exact``). Validation loss is the mean of per-batch means over each process's batches;
-the metrics are computed on the gathered predictions of the whole split and are exact.
+DB-MTL: use ``grad_mode: exact``). ``grad_mode: gramian`` is refused: its layer blocks
+``sum((X X^T) * (D_i D_j^T))`` pair every shard's rows with every other shard's, so the global Gramian is not the
+sum of the shards' and would need each shard's ``X`` and ``D_i`` gathered; ``exact`` gives the same step.
+Validation loss is the mean of per-batch means over each process's batches; the metrics are computed on the
+gathered predictions of the whole split and are exact.
 
 Exact means up to float round-off: the shards' sums are taken in another order than one process's (about 1e-7
 relative), and two things enlarge that difference. An update that cancels conflicting task gradients (UPGrad,
@@ -179,6 +182,9 @@ class DataParallelStepEngine(StepEngine):
         if self.grad_mode == "rep" and isinstance(method, Aggregator):
             raise ArgumentError("grad_mode", f"{method.label} in 'rep' mode is not a Gramian-weighted sum, so it "
                                 "cannot be split across processes; use 'exact'")
+        if self.grad_mode == "gramian":  # G of the global batch needs every shard's D_i against every X
+            raise ArgumentError("grad_mode", "'gramian' is one process only (the global Gramian is not the sum of "
+                                "the shards'); set train.grad_mode to 'exact'")
         self.sync = sync
         self.load_state_dict(sync.broadcast_object(self.state_dict()))
 

@@ -22,6 +22,11 @@ step, through one entry point, :meth:`StepEngine.backward`:
     ``sum_i w_i dL_i/dZ``). A
     Gramian method gets ``G = J J^T`` in float64 at its true scale; an aggregator gets ``J``. Every head gets
     the plain gradient of its own loss.
+  - a **Gramian weighting** with ``grad_mode="gramian"``: the same ``G`` as ``"exact"``, built layer by layer
+    without ``J`` (``engine/gramian.py``: hooks recorded by :meth:`StepEngine.watch` before the forward; each
+    linear layer's block from its inputs and per-task output gradients, other shared parameters the plain way),
+    then ONE backward of ``sum_i w_i L_i`` restricted to the shared parameters (``w^T J``); heads as above.
+    Aggregators read ``J`` and are refused.
 
 * **amortised weights** (``update_every = k`` for linear methods): the weights are recomputed every ``k``-th
   step (and whenever a present task has none yet); in between the last weights are reused with ONE backward of
@@ -55,8 +60,9 @@ from graph_mtl.engine.gradients import (
     leaf_parameters,
     trainable,
 )
+from graph_mtl.engine.gramian import GramianRecorder
 
-GRAD_MODES = ("exact", "rep", "auto")
+GRAD_MODES = ("exact", "rep", "gramian", "auto")
 NONFINITE = ("raise", "skip")
 
 
@@ -69,7 +75,8 @@ class StepEngine:
 
     Args:
         method: the balancing method.
-        grad_mode: ``"exact"``, ``"rep"`` or ``"auto"`` (the method's default) - gradient methods only.
+        grad_mode: ``"exact"``, ``"rep"``, ``"gramian"`` (Gramian methods; needs :meth:`watch`) or ``"auto"`` (the
+            method's default) - gradient methods only.
         update_every: recompute the weights every this many steps (linear gradient methods only).
         chunk_size: tasks per batched vector-Jacobian product (``None``: all at once).
         nonfinite: ``"raise"`` or ``"skip"`` on a NaN or infinite task loss.
@@ -96,11 +103,15 @@ class StepEngine:
             raise ArgumentError("update_every", f"{method.label} is not a linear combination of task gradients, "
                                 "so its weights cannot be reused; use 1")
         self.grad_mode = method.default_grad_mode if gradient_method and grad_mode == "auto" else grad_mode
+        if self.grad_mode == "gramian" and not isinstance(method, GramianWeighting):
+            raise ArgumentError("grad_mode", f"'gramian' gives {method.label} no J, which it reads; set "
+                                "train.grad_mode to 'exact' or 'rep' (or leave it unset)")
         if self.grad_mode == "rep" and isinstance(method, Aggregator) and not method.allows_rep:
             hint = f" ({method.rep_hint})" if method.rep_hint else ""
             raise ArgumentError("grad_mode", f"{method.label} keeps per-parameter state with these arguments, "
                                 f"which needs grad_mode 'exact'{hint}")
         self.jacobians = JacobianEngine(chunk_size)
+        self.recorder: GramianRecorder | None = None  # grad_mode "gramian": the forward's records (watch)
         self.steps = 0  # steps that reached the method (skipped ones do not count)
         self.skipped = {"empty": 0, "nonfinite": 0}
         self._last = torch.zeros(method.num_tasks)  # the weights of the last recomputation
@@ -116,6 +127,16 @@ class StepEngine:
         """Whether a step takes each task's gradient (Gramian methods and aggregators at the shared parameters or
         representation, last-layer methods at the last shared layer); loss weightings do not."""
         return isinstance(self.method, (GramianWeighting, Aggregator, LastLayerWeighting))
+
+    def watch(self, model: nn.Module, shared_params: Iterable[nn.Parameter] | None = None) -> None:
+        """Record ``model``'s forward for ``grad_mode="gramian"`` (hooks on the linear modules owning shared
+        parameters: ``model.shared_parameters()`` unless ``shared_params`` is given); other modes ignore it."""
+        if self.grad_mode != "gramian":
+            return
+        if self.recorder is not None:
+            self.recorder.remove()
+        shared = model.shared_parameters() if shared_params is None else shared_params  # type: ignore[operator]
+        self.recorder = GramianRecorder(model, trainable(shared))
 
     @property
     def wants_losses_after_step(self) -> bool:
@@ -242,6 +263,12 @@ class StepEngine:
             if shared:
                 torch.autograd.backward((w.to(stacked.dtype) * scaled).sum(), inputs=shared)
             return w
+        if self.grad_mode == "gramian":
+            parts = rows.pullbacks(J_rows) if rows is not None else self._separate(losses, index, grad_scale)
+            w = self._gramian_weights(parts, index, values, shared, grad_scale)
+            torch.autograd.backward((w.to(stacked.dtype) * scaled).sum(), inputs=shared)
+            self._remember(index, w)
+            return w
         exact = self.grad_mode == "exact"
         targets = shared if exact else [rows.tensor] if rows is not None else self._representations(representation)
         if not targets:
@@ -270,11 +297,32 @@ class StepEngine:
             parts = update.split([z.numel() for z in targets])
             torch.autograd.backward(targets, [p.view_as(z).to(z.dtype) for p, z in zip(parts, targets)],
                                     inputs=shared)
+        self._remember(index, w)
+        return w
+
+    def _remember(self, index: list[int], w: Tensor) -> None:
+        """Keep the recomputed weights of the present tasks (for ``update_every``)."""
         self._last = self._last.to(w.device)
         self._last[index] = w.detach().float()
         self._known = torch.zeros_like(self._known)
         self._known[index] = True
-        return w
+
+    def _gramian_weights(self, parts: list[Tensor], index: list[int], values: Tensor, shared: list[Tensor],
+                         grad_scale: float | Tensor | None) -> Tensor:
+        """``grad_mode="gramian"``: ``w`` from ``G = J J^T`` of the (scaled) per-task losses ``parts`` built layer
+        by layer (``engine/gramian.py``), ``J`` never formed, unscaled by ``grad_scale^2``."""
+        if self.recorder is None:
+            raise ValueError(f"{self.method.label}: grad_mode 'gramian' records the forward; call "
+                             "StepEngine.watch(model) before it")
+        if not shared:
+            raise ValueError(f"{self.method.label}: no shared parameters require grad")
+        batched = self.jacobians.batched or (self.jacobians.batched is None and values.device.type != "cpu")
+        chunk = self.jacobians.chunk_size or (8 if batched else 1)
+        G = self.recorder.gramian(parts, shared, self.jacobians, chunk)
+        with fp32_math(values.device):
+            if grad_scale is not None:
+                G = G / torch.as_tensor(grad_scale, dtype=torch.float64, device=G.device) ** 2
+            return self.method.weights(G, values, index).float()
 
     def _combine(self, J: Tensor, values: Tensor, index: list[int]) -> tuple[Tensor, Tensor]:
         """The update ``[D]`` and the weights ``[t]`` of the method from ``J``, in float32 (float64 when ``J`` is

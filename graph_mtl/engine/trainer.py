@@ -176,6 +176,7 @@ class Trainer:
         self._shared = list(self.model.shared_parameters())
         self._task_params = {t.name: list(self.model.task_parameters(t.name)) for t in self.tasks}
         self._last_shared = list(self.model.last_shared_parameters())
+        engine.watch(self.model, self._shared)  # grad_mode "gramian" records the forward; others ignore it
         check_sharing(self.model, engine, cfg.balancer, self._shared, monitor is not None)
         self._regularizer_sum = torch.zeros((), device=self.device)  # the epoch's sum of the model's penalty
         self._regularized = False
