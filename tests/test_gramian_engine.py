@@ -4,6 +4,7 @@ materialised path on the project's models, the step writes the ``exact`` step's 
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,7 +164,8 @@ def test_gramian_mode_refuses_data_parallel_and_a_missing_watch(tiny_dataset):
 
 
 def test_benchmark_quick_runs():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gramian_memory.py"), "--quick"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| gramian |" in result.stdout and "| exact |" in result.stdout
