@@ -157,6 +157,18 @@ class StepEngine:
         autograd graph); ``last_shared_params`` is the last shared layer (last-layer methods);
         ``grad_scale`` is fp16 loss scaling (``GradScaler.get_scale()``); ``losses`` are given unscaled.
         """
+        try:
+            return self._backward(losses, shared_params, representation, task_params, last_shared_params,
+                                  grad_scale)
+        finally:
+            if self.recorder is not None:  # the forward's records (grad_mode "gramian") are of no further use
+                self.recorder.clear()
+
+    def _backward(self, losses: dict[str, Tensor], shared_params: Iterable[nn.Parameter],
+                  representation: Tensor | Sequence[Tensor] | TaskRows | None,
+                  task_params: dict[str, Iterable[nn.Parameter]] | None,
+                  last_shared_params: Iterable[nn.Parameter] | None,
+                  grad_scale: float | Tensor | None) -> Tensor | None:
         self._before = None
         if not losses:
             self.skipped["empty"] += 1
