@@ -92,3 +92,15 @@ def test_the_allow_list_is_needed(name, tiny_dataset, monkeypatch):
     with pytest.raises(AssertionError, match="inside a balanced step"):
         for mode in modes(name):
             two_steps(name, mode, tiny_dataset, around_second=lambda: no_host_reads(monkeypatch))
+
+
+@pytest.mark.parametrize("device, workers", [("cpu", 0), ("cuda", 2)])
+def test_loaders_pin_batches_for_cuda_and_keep_their_workers(device, workers, tiny_dataset):
+    from graph_mtl.config import load_config
+    from graph_mtl.run import make_loaders
+
+    config = load_config(overrides=[f"data.num_workers={workers}"])
+    loaders = make_loaders(config, tiny_dataset, None, torch.device(device))
+    for loader in loaders.values():  # building a loader touches no device: this runs on a CPU
+        assert loader.pin_memory == (device == "cuda")
+        assert loader.num_workers == workers and loader.persistent_workers == (workers > 0)

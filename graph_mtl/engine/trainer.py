@@ -318,7 +318,7 @@ class Trainer:
             return self._train_step(batch)
 
     def _train_step(self, batch) -> tuple[dict[str, Tensor], Tensor | None]:
-        batch = batch.to(self.device)
+        batch = to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.model(batch)
@@ -581,6 +581,12 @@ def losses_after_step(model: nn.Module, batch, losses: Callable[[dict[str, Tenso
     return values
 
 
+def to_device(batch, device: torch.device):
+    """``batch`` on ``device``; to CUDA without blocking the host (``non_blocking``): a batch the loader pinned
+    (``run.pins_memory``) is copied while the host goes on, an unpinned one is copied as a blocking copy would."""
+    return batch.to(device, non_blocking=device.type == "cuda")
+
+
 def amp_context(amp: str, device: torch.device):
     """The autocast context of ``train.amp`` (``none``: no autocast) on ``device``."""
     if amp == "none":
@@ -631,7 +637,7 @@ def collect_predictions(model: MultiTaskGNN, scalers: Scalers, loader, device: t
     y_pred: dict[str, list[Tensor]] = {t.name: [] for t in tasks}
     loss_total, loss_batches = 0.0, 0
     for batch in loader:
-        batch = batch.to(device)
+        batch = to_device(batch, device)
         with autocast():
             out = model(batch)
         losses = task_losses(tasks, out.preds, batch, scalers)
