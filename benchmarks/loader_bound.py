@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- device {args.device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, "
         f"torch_geometric {torch_geometric.__version__}, Python {platform.python_version()}",
         f"- {dataset.name}: {len(dataset.splits['train'])} training molecules, batches of {config.data.batch_size}; "
-        f"the default model ({config.model.conv}, {config.model.num_layers} x {config.model.hidden}), balancer "
+        f"the default model ({trainer.model.encoder!r}), balancer "
         f"{config.train.balancer}, Adam",
         f"- median of {args.epochs} epochs after an untimed one; loader fraction = loader alone / full epoch",
         "",
