@@ -28,7 +28,7 @@ import torch_geometric
 from graph_mtl.config import Config, load_config
 from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.data.registry import load_dataset
-from graph_mtl.engine.trainer import Trainer
+from graph_mtl.engine.trainer import Trainer, resolve_device
 from graph_mtl.run import build_balancer, build_model, make_loaders
 
 #: encoders measured by default: (conv, hidden); the dataset's default model otherwise (4 layers, virtual node)
@@ -40,8 +40,8 @@ def default_trainer(config: Config, dataset: MultiTaskDataset) -> Trainer:
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset)
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
-    return Trainer(model, balancer, config.train, dataset.splits["train"], device=config.device
-                   if config.device != "auto" else "cpu", seed=config.seed, log=lambda _: None)
+    return Trainer(model, balancer, config.train, dataset.splits["train"], device=resolve_device(config.device),
+                   seed=config.seed, log=lambda _: None)
 
 
 def timed_steps(trainer: Trainer, batches: list, warmup: int) -> tuple[float, list[float]]:
