@@ -9,7 +9,8 @@
 #      steps, the batched per-task product against the loop, a short training run); skipped on a CPU;
 #   2. the demo on the device (the embedded dataset, 30 epochs; --tiny: 1 epoch);
 #   3. the step-time table (benchmarks/step_time.py) at T = 12 and 128 for every method in its default mode, rep
-#      mode, exact mode (batched on CUDA) and the per-task loop (--tiny: T = 12, a small model, 2 steps);
+#      mode, exact mode (batched on CUDA) and the per-task loop, each also with an AMP bf16 forward (rows
+#      labelled "amp bf16") (--tiny: T = 12, a small model, 2 steps);
 #   4. training throughput of the engine against a plain loop on ogbg-moltox21, when the offline datasets are
 #      at $GRAPH_MTL_SHARED_DATA (default ../shared/data); skipped with a line otherwise.
 # The environment variable PY names the interpreter (default .venv/bin/python, else python).
@@ -64,10 +65,10 @@ step demo $PY -m graph_mtl.cli train --set device="$device" --set epochs="$epoch
 
 if [ "$tiny" -eq 1 ]; then
     step step-time $PY benchmarks/step_time.py --device "$device" --quick --steps 2 --methods pcgrad,upgrad \
-        --modes default,rep,exact,loop --out "$out/step_time_${device}.md"
+        --modes default,rep,exact,loop --amp none,bf16 --out "$out/step_time_${device}.md"
 else
     step step-time $PY benchmarks/step_time.py --device "$device" --tasks 12,128 --steps 10 --warmup 2 \
-        --modes default,rep,exact,loop --out "$out/step_time_${device}.md"
+        --modes default,rep,exact,loop --amp none,bf16 --out "$out/step_time_${device}.md"
 fi
 
 data="${GRAPH_MTL_SHARED_DATA:-../shared/data}"

@@ -13,6 +13,8 @@ The model is a GIN encoder with a virtual node (OGB atom encoder) and one graph 
 with the free next-batch estimate, and ``naive``: a per-task reference loop
 (:class:`NaivePCGrad`) with T backward passes and PCGrad's projection in Python loops, and ``ew`` once more at
 the end (a drift check: the machine may be shared).
+With ``--amp none,bf16`` all rows are measured again with the forward under bf16 autocast (``train.amp: bf16``),
+labelled ``amp bf16``.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps (absolute: model, optimizer state and
 batches included) on CUDA; on the CPU it is not measured (``n/a``).
@@ -43,7 +45,7 @@ from graph_mtl.config import ModelConfig
 from graph_mtl.data.base import MultiTaskDataset
 from graph_mtl.data.molecules import load_embedded
 from graph_mtl.engine.step import StepEngine
-from graph_mtl.engine.trainer import losses_after_step
+from graph_mtl.engine.trainer import amp_context, losses_after_step
 from graph_mtl.models import MultiTaskGNN
 from graph_mtl.run import build_model
 from graph_mtl.tasks import Task, task_losses
@@ -145,6 +147,7 @@ class Row:
     method: str
     mode: str
     engine: dict = field(default_factory=dict)  # StepEngine settings
+    amp: str = "none"  # autocast dtype of the forward (train.amp's values)
     kwargs: dict = field(default_factory=dict)  # method arguments
     times_ms: list[float] = field(default_factory=list)
     peak_mib: float | None = None
@@ -159,12 +162,26 @@ class Row:
         return statistics.fmean(self.times_ms) if self.times_ms else None
 
 
-def plan_rows(methods: list[str] | None, modes: list[str] | None = None) -> list[Row]:
-    """The rows to measure: ``ew`` first, the balancers by name, ``naive``, and ``ew`` again (drift check).
+def plan_rows(methods: list[str] | None, modes: list[str] | None = None, amps: Sequence[str] = ("none",)
+              ) -> list[Row]:
+    """The rows to measure: ``ew`` first, the balancers by name, ``naive``, and ``ew`` again (drift check); then
+    the same rows again for each further ``amps`` value (``bf16``: the forward under autocast, the mode
+    labelled ``amp bf16``; ratios stay those to the first ``ew`` row, in full precision).
 
     ``modes`` keeps the rows whose mode starts with one of its words (``default``, ``exact``, ``rep``,
     ``loop``); the two ``ew`` rows are always kept.
     """
+    rows = []
+    for amp in amps:
+        for row in _plan(methods, modes):
+            if amp != "none":
+                row.amp, row.mode = amp, f"{row.mode} amp {amp}"
+            rows.append(row)
+    return rows
+
+
+def _plan(methods: list[str] | None, modes: list[str] | None) -> list[Row]:
+    """:func:`plan_rows` in full precision."""
     names = sorted(BALANCERS)
     wanted = names + [NAIVE] if methods is None else methods
     unknown = [m for m in wanted if m not in BALANCERS and m != NAIVE]
@@ -220,7 +237,8 @@ def measure(row: Row, model: MultiTaskGNN, initial: dict, batches: list[Batch], 
 
     def step(batch: Batch) -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(batch)
+        with amp_context(row.amp, device):  # the forward only, as in the Trainer
+            out = model(batch)
         losses = task_losses(model.tasks, out.preds, batch)
         if isinstance(balancer, NaivePCGrad):
             balancer.backward(losses, shared_params=shared, head_params=heads)
@@ -229,7 +247,9 @@ def measure(row: Row, model: MultiTaskGNN, initial: dict, batches: list[Batch], 
                               task_params=task_params, last_shared_params=last_shared)
         optimizer.step()
         if not isinstance(balancer, NaivePCGrad) and balancer.wants_losses_after_step:
-            balancer.after_step(losses_after_step(model, batch, lambda preds, b: task_losses(model.tasks, preds, b)))
+            with amp_context(row.amp, device):
+                balancer.after_step(losses_after_step(model, batch,
+                                                      lambda preds, b: task_losses(model.tasks, preds, b)))
 
     try:
         for k in range(warmup):
@@ -324,6 +344,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: T=12, hidden 64, batches of 64, 5 steps, 1 warm-up, 1 thread unless --threads")
+    parser.add_argument("--amp", default="none",
+                        help="comma-separated autocast dtypes of the forward, none and/or bf16 (train.amp): the rows "
+                             "once per value, labelled 'amp bf16'")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here (after every row)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -339,6 +362,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--steps and --batch-size must be >= 1, --warmup >= 0")
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
+    args.amp_list = [a.strip() for a in args.amp.split(",") if a.strip()]
+    if not args.amp_list or set(args.amp_list) - {"none", "bf16"}:
+        parser.error(f"--amp: expected none and/or bf16, got {args.amp!r}")
     if args.mode_list and set(args.mode_list) - {"default", "exact", "rep", "loop"}:
         parser.error(f"--modes: expected a subset of default,exact,rep,loop, got {args.modes!r}")
     return args
@@ -370,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "nodes": statistics.fmean(b.num_nodes for b in batches)}
             header = settings_text(args, device, info)
             print(header, file=sys.stderr, flush=True)
-        rows = plan_rows(args.method_list, args.mode_list)
+        rows = plan_rows(args.method_list, args.mode_list, args.amp_list)
         results[num_tasks] = []
         for row in rows:
             started = time.perf_counter()

@@ -163,6 +163,9 @@ class TrainConfig:
     #: weight averaging: an exponential moving average of the weights with this decay per step (e.g. 0.999) is
     #: what is evaluated, selected and saved (graph_mtl/engine/averaging.py); ``None``: off
     ema_decay: float | None = None
+    #: the shared encoder compiled with ``torch.compile(dynamic=True)`` (graph batches change shape), in place:
+    #: checkpoints keep the eager model's keys; needs a C++ compiler on the CPU (``benchmarks/compile_time.py``)
+    compile: bool = False
 
 
 @dataclass

@@ -147,10 +147,18 @@ def degree_histogram(graphs: list) -> torch.Tensor:
     return counts
 
 
-def build_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, num_workers: int = 0) -> dict[str, Any]:
+def build_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, num_workers: int = 0,
+                  device: torch.device | None = None) -> dict[str, Any]:
     """One process's loaders: a shuffling training loader (its order reseeded every epoch, the same order as
-    the global batches of a data-parallel run) and ordered valid/test loaders (``data/sharding.py``)."""
-    return graph_loaders(dataset, batch_size, seed, num_workers=num_workers)
+    the global batches of a data-parallel run) and ordered valid/test loaders (``data/sharding.py``); batches
+    pinned for a CUDA ``device`` (:func:`pins_memory`)."""
+    return graph_loaders(dataset, batch_size, seed, num_workers=num_workers, pin_memory=pins_memory(device))
+
+
+def pins_memory(device: torch.device | None) -> bool:
+    """Whether the loaders for ``device`` put batches in page-locked memory: on CUDA, where the trainer's copy of a
+    pinned batch is asynchronous (``Trainer.train_step``); elsewhere pinning would only cost."""
+    return device is not None and device.type == "cuda"
 
 
 def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
@@ -209,7 +217,7 @@ def train(config: Config, out_dir: str | Path, resume: str | Path | None = None,
     loaded = load_pretrained(model, config.train.init_from) if config.train.init_from is not None else None
     balancer = build_balancer(config.train, [t.name for t in dataset.tasks])
     train_graphs = dataset.splits["train"]
-    loaders = make_loaders(config, dataset, sync)
+    loaders = make_loaders(config, dataset, sync, device)
     if sync is not None:
         log(f"data parallel: {sync.world_size} processes, global batch {config.data.batch_size}")
     monitor = None
@@ -276,8 +284,10 @@ def _silent(message: str) -> None:
     """The log of processes other than rank 0."""
 
 
-def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync | None) -> dict[str, Any]:
-    """Training and evaluation loaders; under a process group, this process's shards (``data/sharding.py``)."""
+def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync | None,
+                 device: torch.device | None = None) -> dict[str, Any]:
+    """Training and evaluation loaders; under a process group, this process's shards (``data/sharding.py``);
+    graph batches pinned for a CUDA ``device`` (:func:`pins_memory`)."""
     data = config.data
     rank, world = (sync.rank, sync.world_size) if sync is not None else (0, 1)
     if sync is not None and is_single_graph(dataset):
@@ -290,8 +300,8 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
         return partition_loaders(dataset, data.num_parts, data.parts_per_batch, config.model.num_layers,
                                  data.batch_size, config.seed, data.partition, data.num_workers, data.sampler)
     if is_single_graph(dataset):  # every process holds the graph; its node masks are the shards
-        return build_loaders(dataset, data.batch_size, config.seed, data.num_workers)
-    return graph_loaders(dataset, data.batch_size, config.seed, rank, world, data.num_workers)
+        return build_loaders(dataset, data.batch_size, config.seed, data.num_workers, device)
+    return graph_loaders(dataset, data.batch_size, config.seed, rank, world, data.num_workers, pins_memory(device))
 
 
 def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,

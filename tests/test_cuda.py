@@ -1,11 +1,14 @@
-"""On a GPU: every balancer's update on CUDA against the CPU, AMP steps, the batched per-task product against the
-loop, and a short training run. Skipped where CUDA is absent (``benchmarks/gpu_check.sh`` runs this file)."""
+"""On a GPU: every balancer's update on CUDA against the CPU, no host sync inside a balanced step, AMP steps, the
+batched per-task product against the loop, and a short training run. Skipped where CUDA is absent
+(``benchmarks/gpu_check.sh`` runs this file)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from graph_mtl.engine.gradients import JacobianEngine
 from graph_mtl.engine.step import StepEngine
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.tasks import task_losses
+from tests.test_device_agnostic import HOST_ALLOWED, gradient_method, two_steps
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")]
@@ -60,6 +64,55 @@ def test_every_balancer_updates_on_cuda_as_on_the_cpu(name, tiny_dataset):
     if name not in RANDOM:
         assert torch.allclose(w_gpu, w_cpu, rtol=1e-3, atol=1e-5)
         assert torch.allclose(u_gpu, u_cpu, rtol=1e-3, atol=1e-5)
+
+
+#: methods that synchronise with the host inside a step on purpose, and why: those reading values on the host
+#: (``tests/test_device_agnostic.py``), and those whose solvers need a value or a success flag on the host
+SYNC_ALLOWED: dict[str, str] = {
+    **HOST_ALLOWED,
+    "fairgrad": "its Newton iteration stops on a tolerance test and its line search compares values on the host",
+    "imtl": "the tasks with a nonzero gradient are selected with nonzero() (a shape that depends on values)",
+    "imtl_full": "IMTL-G's part selects the tasks with a nonzero gradient with nonzero()",
+    "mgda": "its active-set QP solver tests convergence on the host once per iteration (and linalg.eigh checks "
+            "its success flag there)",
+    "mgda_ub": "the same active-set QP solver as mgda",
+    "upgrad": "its active-set QP solver (the dual cone projection) tests convergence on the host per iteration",
+    "dualproj": "the same active-set QP solver as upgrad",
+    "crmogm": "it wraps mgda (by default), whose solver tests convergence on the host",
+    "alignedmtl": "torch.linalg.eigh checks its success flag on the host",
+    "config": "torch.linalg.svd checks its success flag on the host",
+}
+
+
+@contextlib.contextmanager
+def sync_is_an_error() -> Iterator[None]:
+    """CUDA raises on any synchronising call inside the block, except the engine's one deliberate sync: the
+    finiteness test of the losses (``StepEngine._finite``: a skipped step must leave ``.grad`` untouched)."""
+    finite = StepEngine._finite
+
+    def allowed(self, *args):
+        torch.cuda.set_sync_debug_mode("default")
+        try:
+            return finite(self, *args)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StepEngine, "_finite", allowed)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("name, mode", [(n, m) for n in sorted(BALANCERS)
+                                        for m in (["auto", "exact", "rep"] if gradient_method(n) else ["auto"])])
+def test_a_balanced_step_does_not_sync_with_the_host(name, mode, tiny_dataset):
+    if name in SYNC_ALLOWED:
+        pytest.skip(f"{name} synchronises on purpose: {SYNC_ALLOWED[name]}")
+    two_steps(name, mode, tiny_dataset, device="cuda", around_second=sync_is_an_error)
 
 
 @pytest.mark.parametrize("name", ["pcgrad", "mgda", "upgrad", "nashmtl", "cagrad", "imtl"])

@@ -25,6 +25,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert "throughput: skipped" in log and "every step passed" in log
     table = (tmp_path / "out" / "step_time_cpu.md").read_text()
     assert "pcgrad" in table and "upgrad" in table
+    assert "| pcgrad | exact amp bf16 |" in table and "| ew | default amp bf16 |" in table
 
 
 def test_gpu_check_refuses_a_bad_argument(tmp_path):

@@ -51,14 +51,15 @@ class CRMOGM(GramianWeighting):
 
     def weights(self, gramian: Tensor, losses: Tensor, index: list[int]) -> Tensor:
         fresh = self.inner.weights(gramian, losses, index).double()
-        previous = self.average[index].to(fresh.device)
+        self.average = self.average.to(fresh.device)  # the state follows the device: no copy to the host
+        previous = self.average[index]
         previous = torch.where(previous.isnan(), fresh, previous)
         smoothed = self.alpha * previous + (1 - self.alpha) * fresh
-        self.average[index] = smoothed.cpu()
+        self.average[index] = smoothed
         return smoothed.to(gramian.dtype)
 
     def state_dict(self) -> dict:
-        return {"average": self.average.clone(), "inner": self.inner.state_dict()}
+        return {"average": self.average.cpu().clone(), "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.average = state["average"].clone()

@@ -57,7 +57,10 @@ class ExcessMTL(Aggregator):
             self.sq_sum = sq.new_zeros(self.num_tasks, sq.shape[1])
         self.sq_sum = self.sq_sum.to(sq.device)
         self.sq_sum[index] += sq
-        excess = (sq / torch.sqrt(self.sq_sum[index] + HESSIAN_EPS)).sum(dim=1).cpu()
+        # the state follows the device: no copy to the host per step
+        self.w, self.baseline, self.warm_sum, self.warm_count = (
+            x.to(sq.device) for x in (self.w, self.baseline, self.warm_sum, self.warm_count))
+        excess = (sq / torch.sqrt(self.sq_sum[index] + HESSIAN_EPS)).sum(dim=1)
         w = self.w[index]
         self.steps += 1
         if self.steps <= self.n_warmup_steps:  # uniform weights while the statistics build up
@@ -80,8 +83,9 @@ class ExcessMTL(Aggregator):
         return weights.to(J.dtype) @ J, weights.float()
 
     def state_dict(self) -> dict:
-        return {"w": self.w.clone(), "baseline": self.baseline.clone(), "warm_sum": self.warm_sum.clone(),
-                "warm_count": self.warm_count.clone(), "steps": self.steps,
+        return {"w": self.w.cpu().clone(), "baseline": self.baseline.cpu().clone(),
+                "warm_sum": self.warm_sum.cpu().clone(), "warm_count": self.warm_count.cpu().clone(),
+                "steps": self.steps,
                 "sq_sum": None if self.sq_sum is None else self.sq_sum.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:

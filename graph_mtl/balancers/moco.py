@@ -68,17 +68,18 @@ class MoCo(Aggregator):
         beta = self.beta / self.steps**self.beta_sigma
         Y = self.y[index] - beta * (self.y[index] - h)
         self.y[index] = Y
-        lambd = self.lambd[index].to(h.device)
+        self.lambd = self.lambd.to(h.device)  # the state follows the device: no copy to the host per step
+        lambd = self.lambd[index]
         mass = lambd.sum()
         lambd = lambd / mass
         gamma = self.gamma / self.steps**self.gamma_sigma
         M = (Y @ Y.T).double() + self.rho * torch.eye(len(index), dtype=torch.float64, device=h.device)
         lambd = project_onto_simplex(lambd - gamma * M @ lambd)
-        self.lambd[index] = (lambd * mass).cpu()
+        self.lambd[index] = lambd * mass
         return lambd.float() @ Y, lambd.float()
 
     def state_dict(self) -> dict:
-        return {"lambd": self.lambd.clone(), "steps": self.steps,
+        return {"lambd": self.lambd.cpu().clone(), "steps": self.steps,
                 "y": None if self.y is None else self.y.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:

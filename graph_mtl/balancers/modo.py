@@ -31,15 +31,16 @@ class SimplexState(GramianWeighting):
 
     def _present(self, index: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
         """The present tasks' weights renormalised to the simplex, and the mass they hold."""
-        lambd = self.lambd[index].to(device)
+        self.lambd = self.lambd.to(device)  # the state follows the device: no copy to the host per step
+        lambd = self.lambd[index]
         mass = lambd.sum()
         return lambd / mass, mass
 
     def _store(self, lambd: Tensor, mass: Tensor, index: list[int]) -> None:
-        self.lambd[index] = (lambd * mass).cpu()
+        self.lambd[index] = lambd * mass
 
     def state_dict(self) -> dict:
-        return {"lambd": self.lambd.clone()}
+        return {"lambd": self.lambd.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.lambd = state["lambd"].clone()

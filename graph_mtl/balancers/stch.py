@@ -53,7 +53,9 @@ class STCH(LossWeighting):
             return (torch.softmax(L / (t * self.mu), dim=0) / t).to(losses.dtype)
         if self.epoch <= self.warmup_epoch:  # sum_i log L_i; the last warm-up epoch records the nadir point
             if self.epoch == self.warmup_epoch:
-                self.loss_sum[index] += L.cpu()
+                # the state follows the device: no copy to the host per step
+                self.loss_sum, self.loss_count = self.loss_sum.to(L.device), self.loss_count.to(L.device)
+                self.loss_sum[index] += L
                 self.loss_count[index] += 1
             return (1 / (L + self.eps)).to(losses.dtype)
         nadir = self.nadir()[index].to(L.device)
@@ -69,7 +71,8 @@ class STCH(LossWeighting):
         self.epoch += 1
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "loss_sum": self.loss_sum.clone(), "loss_count": self.loss_count.clone()}
+        return {"epoch": self.epoch, "loss_sum": self.loss_sum.cpu().clone(),
+                "loss_count": self.loss_count.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])

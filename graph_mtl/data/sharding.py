@@ -75,21 +75,30 @@ def per_process_batch(batch_size: int, world_size: int) -> int:
     return max(1, math.ceil(batch_size / world_size))
 
 
+def loader_options(num_workers: int = 0, pin_memory: bool = False) -> dict[str, Any]:
+    """DataLoader settings: ``num_workers`` worker processes kept alive across epochs (``persistent_workers``:
+    no restart per epoch), batches in page-locked memory with ``pin_memory`` (for a CUDA device: the
+    trainer's copies to it are then asynchronous)."""
+    return {"num_workers": num_workers, "persistent_workers": num_workers > 0, "pin_memory": pin_memory}
+
+
 def graph_loaders(dataset: MultiTaskDataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                  num_workers: int = 0) -> dict[str, Any]:
+                  num_workers: int = 0, pin_memory: bool = False) -> dict[str, Any]:
     """Loaders of a dataset of graphs, for one process (``world_size`` 1) or this process of ``world_size``.
 
     Training: this process's shard of every global batch of ``batch_size`` graphs, in the seeded order of
     :class:`ShardedBatches` (reseeded per epoch by the trainer). Evaluation: every ``world_size``-th graph from
-    ``rank``, in batches of ``batch_size / world_size``, in dataset order."""
+    ``rank``, in batches of ``batch_size / world_size``, in dataset order. ``num_workers`` and ``pin_memory``:
+    :func:`loader_options`."""
     if batch_size < world_size:
         raise ValueError(f"data.batch_size: {batch_size} graphs cannot be shared by {world_size} processes; use at "
                          f"least {world_size} (it is the global batch, cut into one shard per process)")
     train = dataset.splits["train"]
     sampler = ShardedBatches(len(train), batch_size, rank, world_size, shuffle=True,
                              generator=torch.Generator().manual_seed(seed))
-    loaders: dict[str, Any] = {"train": DataLoader(train, batch_sampler=sampler, num_workers=num_workers)}
+    options = loader_options(num_workers, pin_memory)
+    loaders: dict[str, Any] = {"train": DataLoader(train, batch_sampler=sampler, **options)}
     for split in ("valid", "test"):
         loaders[split] = DataLoader(dataset.splits[split][rank::world_size],
-                                    batch_size=per_process_batch(batch_size, world_size), num_workers=num_workers)
+                                    batch_size=per_process_batch(batch_size, world_size), **options)
     return loaders

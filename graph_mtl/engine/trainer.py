@@ -8,8 +8,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,8 @@ class Trainer:
         self.monitor = monitor
         self.summary = summary
         self.model = model.to(self.device)
+        if cfg.compile:
+            compile_encoder(self.model)
         self.tasks: list[Task] = model.tasks
         engine = balancer if isinstance(balancer, StepEngine) else StepEngine(balancer, nonfinite=cfg.nonfinite)
         if sync is not None:
@@ -313,7 +315,11 @@ class Trainer:
         """One optimisation step on ``batch``; returns the task losses (before ``train.weight_schedule``'s factor)
         and the balancer's weights ``[T]`` (``None`` when the step engine skipped the step: nothing was changed).
         During ``train.freeze_epochs`` the shared parameters' gradients are dropped before the optimizer step."""
-        batch = batch.to(self.device)
+        with compiled_scope(self.cfg.compile):
+            return self._train_step(batch)
+
+    def _train_step(self, batch) -> tuple[dict[str, Tensor], Tensor | None]:
+        batch = to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.model(batch)
@@ -385,8 +391,9 @@ class Trainer:
         self.model.eval()
         if self.sync is not None:
             self.sync.broadcast_buffers(self.model)  # rank 0's running statistics everywhere
-        true, pred, loss_total, loss_batches = collect_predictions(self.model, self.scalers, loader, self.device,
-                                                                   self._autocast)
+        with compiled_scope(self.cfg.compile):
+            true, pred, loss_total, loss_batches = collect_predictions(self.model, self.scalers, loader, self.device,
+                                                                       self._autocast)
         if self.sync is not None:  # every shard's predictions, the same on every process
             true, pred, loss_total, loss_batches = gather_predictions(self.sync, true, pred, loss_total,
                                                                       loss_batches)
@@ -575,11 +582,48 @@ def losses_after_step(model: nn.Module, batch, losses: Callable[[dict[str, Tenso
     return values
 
 
+def to_device(batch, device: torch.device):
+    """``batch`` on ``device``; to CUDA without blocking the host (``non_blocking``): a batch the loader pinned
+    (``run.pins_memory``) is copied while the host goes on, an unpinned one is copied as a blocking copy would."""
+    return batch.to(device, non_blocking=device.type == "cuda")
+
+
 def amp_context(amp: str, device: torch.device):
     """The autocast context of ``train.amp`` (``none``: no autocast) on ``device``."""
     if amp == "none":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def compile_encoder(model: MultiTaskGNN) -> None:
+    """``train.compile``: the shared encoder compiled in place, ``torch.compile(dynamic=True)`` (every graph batch
+    has its own number of nodes and edges; PyG's message passing compiles with dynamic shapes). In place
+    (``Module.compile``), so the state dict keeps the eager model's keys: checkpoints, resume and predict are
+    those of an eager run."""
+    model.encoder.compile(dynamic=True)
+
+
+@contextmanager
+def compiled_scope(compiled: bool) -> Iterator[None]:
+    """Around every step and evaluation under ``train.compile`` (``compiled``; nothing otherwise): the compiled
+    backward keeps its buffers (the step engine's per-task backward passes retain the graph, which donated
+    buffers refuse), and a failure of ``torch.compile`` on this platform (no C++ compiler, an unsupported
+    backend) is a one-line error naming the key."""
+    if not compiled:
+        yield
+        return
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._functorch import config as functorch_config
+    from torch._inductor.exc import InductorError
+
+    try:
+        with functorch_config.patch(donated_buffer=False):
+            yield
+    except (BackendCompilerFailed, InductorError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[0][:160] if lines else type(error).__name__
+        raise RuntimeError(f"train.compile: torch.compile failed on this platform ({reason}); set "
+                           "train.compile: false to train eagerly") from None
 
 
 @torch.no_grad()
@@ -594,7 +638,7 @@ def collect_predictions(model: MultiTaskGNN, scalers: Scalers, loader, device: t
     y_pred: dict[str, list[Tensor]] = {t.name: [] for t in tasks}
     loss_total, loss_batches = 0.0, 0
     for batch in loader:
-        batch = batch.to(device)
+        batch = to_device(batch, device)
         with autocast():
             out = model(batch)
         losses = task_losses(tasks, out.preds, batch, scalers)
