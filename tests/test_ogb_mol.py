@@ -130,6 +130,17 @@ def test_ogb_baseline_preset_and_overrides():
     assert config.train.epochs == 3  # the user's value wins over the preset's 100
 
 
+def test_ogb_cpu_preset_is_the_ogb_model_narrower_with_the_cpu_schedule():
+    config = load_config(None, ["preset=ogb-cpu", "data.name=ogbg-moltox21"])
+    baseline = load_config(None, ["preset=ogb-baseline", "data.name=ogbg-moltox21"])
+    assert config.model.hidden == 128 and config.data.batch_size == 64 and config.data.task_view == "columns"
+    assert (config.train.epochs, config.train.scheduler, config.train.warmup_epochs) == (60, "cosine", 2)
+    assert config.train.ema_decay == 0.999
+    for key in ("conv", "num_layers", "virtual_node", "dropout", "pool", "head_layers", "residual"):
+        assert getattr(config.model, key) == getattr(baseline.model, key), key
+    assert load_config(None, ["preset=ogb-cpu", "train.ema_decay=null"]).train.ema_decay is None
+
+
 def test_unknown_preset_is_a_config_error():
     from graph_mtl.config import ConfigError
 
