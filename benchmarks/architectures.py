@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from reporting import emit
 from torch_geometric.data import Batch
 
 from graph_mtl.config import DataConfig, TrainConfig, load_config
@@ -86,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {arch} | {params[arch]:,} | {params[arch] / params['hard']:.2f} | "
                      f"{1000 * median[arch]:.1f} | {median[arch] / median['hard']:.2f} |")
     table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n", encoding="utf-8")
+    emit(table, args.out)
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch_geometric
+from reporting import emit
 
 from graph_mtl.config import Config, load_config
 from graph_mtl.data.base import MultiTaskDataset
@@ -126,10 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(measure(base, dataset, batches, conv, hidden, args.warmup))
         print(f"{conv} x {hidden}: {rows[-1]}", file=sys.stderr, flush=True)
     report = table(rows, header)
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -38,6 +38,7 @@ import torch.multiprocessing as mp
 from torch_geometric.data import Batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import emit
 from step_time import bench_tasks, fixed_batches  # noqa: E402
 
 from graph_mtl.balancers import create  # noqa: E402
@@ -195,10 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warm-up steps, rank 0's clock", "",
     ])
     report = header + table(saved["rows"])
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
+    emit(report, args.out)
     return 0
 
 

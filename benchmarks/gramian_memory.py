@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import emit
 from step_time import bench_tasks, fixed_batches, sync  # noqa: E402
 
 from graph_mtl.balancers import create  # noqa: E402
@@ -152,10 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[(mode, num_tasks)] = r = run_fresh(mode, num_tasks, argv)
             print(f"{mode} T={num_tasks}: {r['peak_mb']:.0f} MB, {r['median_ms']:.0f} ms", file=sys.stderr, flush=True)
     text = report(args, results)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
     return 0
 
 

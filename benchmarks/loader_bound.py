@@ -26,6 +26,7 @@ import torch_geometric
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compile_time import default_trainer  # noqa: E402
+from reporting import emit
 
 from graph_mtl.config import load_config  # noqa: E402
 from graph_mtl.data.registry import load_dataset  # noqa: E402
@@ -106,10 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines.append(f"| {workers} | {batches} | {loading:.2f} | {training:.2f} | {fraction:.2f} | "
                      f"{'the loader' if fraction >= 0.5 else 'the model step'} |")
     report = "\n".join(lines)
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
+    emit(report, args.out)
     return 0
 
 

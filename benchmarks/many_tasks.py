@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch_geometric
+from reporting import emit
 from torch_geometric.data import Batch, Data
 
 #: ToxCast's fraction of missing labels
@@ -310,10 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for num_tasks in args.task_counts:
         rows.append(measure(num_tasks, args, device))
     report = settings_text(args, device) + table(rows)
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n")
+    emit(report, args.out)
     return 0
 
 

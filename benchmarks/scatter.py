@@ -24,6 +24,7 @@ import torch
 import torch_geometric.typing as pyg_typing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import emit
 from step_time import bench_tasks, fixed_batches  # noqa: E402
 
 from graph_mtl.config import ModelConfig  # noqa: E402
@@ -87,9 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = (f"# torch-scatter on and off, {device}, {args.threads} thread(s), equal weighting, T={args.tasks}, "
               f"5 x {args.hidden}, batches of 128 molecules, median of {args.steps} steps each\n\n"
               + "\n".join(lines))
-    print(report)
-    if args.out is not None:
-        args.out.write_text(report + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch_geometric
+from reporting import emit
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
@@ -412,9 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out.write_text(header + partial + table(results) + "\n")
         del model, initial, batches
     report = header + table(results)
-    print(report)
-    if args.out is not None:
-        args.out.write_text(report + "\n")
+    emit(report, args.out)
     return 0
 
 
