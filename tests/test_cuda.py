@@ -161,3 +161,18 @@ def test_a_short_training_run_on_cuda(tmp_path, amp, balancer):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["epochs_run"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the NCCL path needs two GPUs")
+def test_two_processes_on_two_gpus_train_with_nccl(tmp_path):
+    """torchrun with 2 processes on cuda:0 and cuda:1 (NCCL): the run finishes and its gradients went through the
+    process group."""
+    from tests.test_distributed import _torchrun
+
+    out = tmp_path / "ddp"
+    done = _torchrun(["train", "--out", str(out), "--quiet", "--set", "device=cuda", "--set", "data.name=sbm",
+                      "--set", "data.limit=200", "--set", "model.hidden=16", "--set", "model.num_layers=2",
+                      "--set", "train.balancer=pcgrad", "--set", "train.epochs=2"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs_run"] == 2 and results["collectives"]["jacobian"]["calls"] > 0
