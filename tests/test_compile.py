@@ -3,6 +3,8 @@ resumes, and a platform where compiling fails gets one line naming the key."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -28,6 +30,8 @@ def _fit(dataset, out_dir, compile: bool, epochs: int = 2, resume=None) -> Train
 
 
 @pytest.mark.slow  # two compilations: about a minute on a busy 2-core CPU
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler; none is on PATH")
 def test_compiled_training_gives_the_eager_losses_keys_and_resumes(tiny_dataset, tmp_path):
     eager = _fit(tiny_dataset, tmp_path / "eager", compile=False, epochs=3)
     compiled = _fit(tiny_dataset, tmp_path / "compiled", compile=True)
