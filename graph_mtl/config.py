@@ -296,7 +296,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # the CPU recipe for molecules, chosen on ogbg-moltox21's validation split (benchmarks/configs/
 # tox21_recipe_search.yaml and tox21_recipe_long.yaml): the OGB model at width 128, one task per label column,
 # batches of 64, 60 epochs with a 2-epoch warm-up, cosine decay and a moving average of the weights; about
-# 9 minutes per seed on one core for ogbg-moltox21
+# 10 minutes per seed on one core for ogbg-moltox21 (12 with the cores shared)
 PRESETS["ogb-cpu"] = {
     "data": {"task_view": "columns", "batch_size": 64},
     "model": {**PRESETS["ogb-baseline"]["model"], "hidden": 128},

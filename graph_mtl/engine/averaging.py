@@ -37,6 +37,9 @@ class WeightAverage:
         self.decay = decay
         self.updates = 0
         self.average: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        #: the averaged entries; the others (integer counters) are copied
+        self._floats = [k for k, v in self.average.items() if v.is_floating_point()]
+        self._copied = [k for k in self.average if k not in set(self._floats)]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -44,13 +47,11 @@ class WeightAverage:
         self.updates += 1
         decay = min(self.decay, self.updates / (self.updates + WARMUP_STEPS))
         current = model.state_dict()
-        floats = [k for k, v in self.average.items() if v.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([self.average[k] for k in floats], [current[k].detach() for k in floats],
+        if self._floats:
+            torch._foreach_lerp_([self.average[k] for k in self._floats], [current[k] for k in self._floats],
                                  1.0 - decay)
-        for key, value in self.average.items():
-            if not value.is_floating_point():
-                value.copy_(current[key])
+        for key in self._copied:
+            self.average[key].copy_(current[key])
 
     @contextmanager
     def swapped_in(self, model: nn.Module) -> Iterator[None]:
