@@ -98,6 +98,10 @@ class JacobianEngine:
         self.batched = batched  # set to False once the batched product failed: one backward per task from then on
         self.verified = False  # True once a batched product succeeded
 
+    def uses_batched(self, device: torch.device) -> bool:
+        """Whether products on ``device`` are batched: as asked, else everywhere but on the CPU."""
+        return bool(self.batched) or (self.batched is None and device.type != "cpu")
+
     def jacobian(self, losses: Tensor | Sequence[Tensor], inputs: Sequence[Tensor],
                  retain_graph: bool = True) -> Tensor:
         """``J [t, D]``: row ``i`` is the gradient of ``losses[i]`` w.r.t. ``inputs`` (flattened, joined).
@@ -112,7 +116,7 @@ class JacobianEngine:
         parts = None if isinstance(losses, Tensor) else [loss.reshape(()) for loss in losses]
         losses = torch.stack(parts) if parts is not None else losses
         t = losses.numel()
-        if self.batched or (self.batched is None and losses.device.type != "cpu"):
+        if self.uses_batched(losses.device):
             free_last = not retain_graph and self.verified
             try:
                 eye = torch.eye(t, dtype=losses.dtype, device=losses.device)

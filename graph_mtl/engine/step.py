@@ -328,8 +328,7 @@ class StepEngine:
                              "StepEngine.watch(model) before it")
         if not shared:
             raise ValueError(f"{self.method.label}: no shared parameters require grad")
-        batched = self.jacobians.batched or (self.jacobians.batched is None and values.device.type != "cpu")
-        chunk = self.jacobians.chunk_size or (8 if batched else 1)
+        chunk = self.jacobians.chunk_size or (8 if self.jacobians.uses_batched(values.device) else 1)
         G = self.recorder.gramian(parts, shared, self.jacobians, chunk)
         with fp32_math(values.device):
             if grad_scale is not None:
