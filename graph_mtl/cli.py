@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="resume from a checkpoint (default: OUT/last.pt)")
     train.add_argument("--seeds", default=None, metavar="S1,S2,...",
                        help="train once per seed into OUT/seed<N> and report mean ± std (e.g. --seeds 0,1,2)")
+    train.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="with --seeds: train N seeds at once, each in its own process (default: 1)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in OUT (without it, a folder that holds files is refused)")
     train.add_argument("--init-from", metavar="RUN", default=None,
@@ -148,6 +150,7 @@ def _train(args: argparse.Namespace) -> int:
         if not args.init_from.strip():
             raise ValueError("--init-from: empty; give a run folder or a .pt checkpoint")
         config.train.init_from = args.init_from
+    from graph_mtl.parallel_runs import check_jobs
     from graph_mtl.run import results_table, seed_table, train, train_seeds
 
     out = Path(args.out)
@@ -156,12 +159,14 @@ def _train(args: argparse.Namespace) -> int:
         if args.resume is not None:
             raise ValueError("--resume: resume one seed's run with --out OUT/seed<N> instead of --seeds")
         seeds = _parse_seeds(args.seeds)
-        summary = train_seeds(config, seeds, out, overwrite=args.overwrite)
+        summary = train_seeds(config, seeds, out, overwrite=args.overwrite, jobs=check_jobs(args.jobs))
         show()
         show(seed_table(summary))
         show(f"\nper-seed runs in {out}/seed<N>; summary in {out}/summary.json and {out}/summary.md")
         return 0
     resume = None
+    if args.jobs != 1:
+        raise ValueError("--jobs: trains several seeds at once; give --seeds too (e.g. --seeds 0,1 --jobs 2)")
     if args.resume is not None:
         resume = Path(args.resume) if args.resume else out / "last.pt"
     results = train(config, out, resume=resume, overwrite=args.overwrite)
@@ -302,10 +307,10 @@ def _compare(args: argparse.Namespace) -> int:
     seeds = _parse_seeds(args.seeds)
     balancers = [b.strip() for b in args.balancers.split(",") if b.strip()]
     from graph_mtl.compare import compare, table_rows
+    from graph_mtl.parallel_runs import check_jobs
 
-    if args.jobs < 1:
-        raise ValueError(f"--jobs: must be an integer >= 1, got {args.jobs}")
-    summary = compare(config, balancers, seeds, Path(args.out), args.baselines, args.main_task, jobs=args.jobs)
+    summary = compare(config, balancers, seeds, Path(args.out), args.baselines, args.main_task,
+                      jobs=check_jobs(args.jobs))
     rows = table_rows(summary)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()

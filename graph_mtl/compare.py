@@ -180,9 +180,9 @@ def _same_config(path: Path, config: Config) -> bool:
 def execute(plan: Plan, log: Callable[[str], None] = print, jobs: int = 1) -> dict[tuple[str, int], dict[str, Any]]:
     """Train what is missing (resuming interrupted runs) and return every run's ``results.json``.
 
-    ``jobs > 1`` trains that many runs at once, each in its own process with ``train.threads`` (or, when it is
-    unset, ``cpu_count // jobs``) threads; each run's console goes to ``OUT/logs/<run>.log`` and this log gets a
-    line when a run starts and when it ends. Runs are independent, so the results are those of ``jobs = 1``."""
+    ``jobs > 1`` trains that many runs at once (:mod:`graph_mtl.parallel_runs`), each run's console in
+    ``OUT/logs/<run>.log``. Runs are independent, so the results are those of ``jobs = 1``."""
+    from graph_mtl.parallel_runs import PendingRun, train_in_parallel
     from graph_mtl.run import train
 
     runs = run_configs(plan)
@@ -196,56 +196,11 @@ def execute(plan: Plan, log: Callable[[str], None] = print, jobs: int = 1) -> di
         if jobs == 1:
             train(config, folder, resume=resume, log=log)
         else:
-            pending.append((name, seed, folder, config, resume))
+            log_file = plan.out / "logs" / f"{name.replace('/', '__')}-seed{seed}.log"
+            pending.append(PendingRun(f"{name} seed {seed}", config, folder, log_file, resume))
     if pending:
-        _train_in_parallel(plan, pending, jobs, log)
+        train_in_parallel(pending, jobs, log)
     return {key: json.loads((folder / "results.json").read_text()) for key, (folder, _) in runs.items()}
-
-
-def _train_in_parallel(plan: Plan, pending: list[tuple[str, int, Path, Config, Path | None]], jobs: int,
-                       log: Callable[[str], None]) -> None:
-    """The runs of ``pending`` in ``jobs`` spawned processes; the first failure is raised after the others end."""
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    logs = plan.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    failures = []
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {}
-        for name, seed, folder, config, resume in pending:
-            if config.train.threads is None:
-                config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
-            log_file = logs / f"{name.replace('/', '__')}-seed{seed}.log"
-            futures[pool.submit(_train_logged, config, folder, resume, log_file)] = (name, seed, log_file)
-        for future in as_completed(futures):
-            name, seed, log_file = futures[future]
-            try:
-                minutes = future.result()
-                log(f"[compare] {name} seed {seed}: done in {minutes:.1f} min")
-            except Exception as error:  # noqa: BLE001 - reported with its log, raised once all have ended
-                failures.append(error)
-                log(f"[compare] {name} seed {seed}: failed ({error}); its console: {log_file}")
-    if failures:
-        raise failures[0]
-
-
-def _train_logged(config: Config, folder: Path, resume: Path | None, log_file: Path) -> float:
-    """One run of a parallel compare (in a worker process): its console into ``log_file``; minutes taken."""
-    import time
-
-    from graph_mtl.run import train
-
-    started = time.perf_counter()
-    with log_file.open("a") as handle:
-        def log(line: str) -> None:
-            handle.write(line + "\n")
-            handle.flush()
-
-        train(config, folder, resume=resume, log=log)
-    return (time.perf_counter() - started) / 60
 
 
 def _test_metrics(result: dict[str, Any]) -> dict[str, float]:

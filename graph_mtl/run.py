@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,13 @@ from graph_mtl.data.partition import partition_loaders
 from graph_mtl.data.registry import featuriser_for, load_dataset, summary_for
 from graph_mtl.data.sharding import graph_loaders, per_process_batch, shard_node_dataset
 from graph_mtl.engine.checkpoint import atomic_write_text, seed_everything
-from graph_mtl.engine.distributed import GradientSync, init_distributed, is_main_process, local_device
+from graph_mtl.engine.distributed import (
+    GradientSync,
+    init_distributed,
+    is_main_process,
+    launched_by_torchrun,
+    local_device,
+)
 from graph_mtl.engine.metadata import run_metadata
 from graph_mtl.engine.metrics import better, trivial_baseline
 from graph_mtl.engine.monitor import ConflictMonitor
@@ -305,19 +312,31 @@ def make_loaders(config: Config, dataset: MultiTaskDataset, sync: GradientSync |
 
 
 def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
-                log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
+                log: Callable[[str], None] = print, overwrite: bool = False, jobs: int = 1) -> dict[str, Any]:
     """:func:`train` once per seed into ``out_dir/seed<N>``; ``summary.json`` and ``summary.md`` hold the mean and
     standard deviation over seeds of every test and validation metric (at each run's best validation epoch),
     and each seed's best epoch, epochs run, minutes and headline test scores. ``out_dir`` must be empty or
-    new, unless ``overwrite`` (which replaces each seed's run)."""
+    new, unless ``overwrite`` (which replaces each seed's run). ``jobs > 1`` trains that many seeds at once, each
+    in its own process with its console in ``out_dir/logs/seed<N>.log`` (:mod:`graph_mtl.parallel_runs`); the
+    folder is then also an ensemble for ``predict`` and ``evaluate``."""
+    from graph_mtl.parallel_runs import PendingRun, train_in_parallel
+
     out_dir = Path(out_dir)
+    if jobs > 1 and launched_by_torchrun():
+        raise ValueError("--jobs: under torchrun the processes already share each run; leave --jobs out")
     if is_main_process():
         check_out_dir(out_dir, overwrite=overwrite)
-    runs = []
-    for seed in seeds:
-        log(f"--- seed {seed} ---")
-        runs.append(train(dataclasses.replace(config, seed=seed), out_dir / f"seed{seed}", log=log,
-                          overwrite=overwrite))
+    folders = [out_dir / f"seed{seed}" for seed in seeds]
+    if jobs > 1:
+        train_in_parallel([PendingRun(f"seed {seed}", dataclasses.replace(config, seed=seed), folder,
+                                      out_dir / "logs" / f"seed{seed}.log", overwrite=overwrite)
+                           for seed, folder in zip(seeds, folders)], jobs, log)
+        runs = [json.loads((folder / "results.json").read_text()) for folder in folders]
+    else:
+        runs = []
+        for seed, folder in zip(seeds, folders):
+            log(f"--- seed {seed} ---")
+            runs.append(train(dataclasses.replace(config, seed=seed), folder, log=log, overwrite=overwrite))
     summary = seed_summary(runs, seeds)
     if is_main_process():
         write_json(summary, out_dir / "summary.json")
