@@ -12,6 +12,12 @@ A plan is YAML::
     base: {preset: ogb-baseline}         # a graph-mtl config shared by every row
     rows:                                # one table row each: a label and dotted-key overrides
       - {label: "ew", set: {train.balancer: ew}}
+      - {label: "ew, ensembles of 2", ensemble: 2}   # each seed s: members K*s ... K*s+K-1 trained at once
+                                                     # (train --seeds --jobs K), scored by their mean prediction
+
+An ``ensemble: K`` row's test and valid are those of each seed's ensemble (``graph-mtl evaluate`` on its
+``--seeds`` folder: the members' mean prediction, each member at its best validation epoch), mean +- std over
+the plan's seeds; its minutes are wall-clock minutes per ensemble, its best epochs the members'.
 
 Each dataset folder is copied from the data directory into a scratch root first (loaders write a
 ``processed/`` folder next to ``raw/``). The table is rewritten after every configuration, so a stopped run
@@ -32,7 +38,8 @@ import torch
 import yaml
 
 from graph_mtl.config import Config, apply_override, from_dict
-from graph_mtl.run import mean_std, train_seeds
+from graph_mtl.inference import evaluate_split, load_run
+from graph_mtl.run import mean_std, seed_summary, train_seeds
 
 
 def scratch_root(data_dir: Path, folders: dict[str, str], scratch: Path) -> Path:
@@ -87,6 +94,27 @@ def write_table(path: Path | None, header: str, rows: list[dict], score: str,
     return text
 
 
+def train_ensembles(config: Config, seeds: list[int], members: int, folder: Path,
+                    log) -> tuple[dict[str, Any], list[list[int]]]:
+    """One ensemble per seed ``s`` in ``folder/ensemble<s>``: members ``members*s ... members*s+members-1``
+    trained at once; the seed summary over the ensembles' valid and test scores, and each ensemble's members'
+    best epochs."""
+    results, best = [], []
+    for seed in seeds:
+        member_seeds = [members * seed + j for j in range(members)]
+        started = time.perf_counter()
+        train_seeds(config, member_seeds, folder / f"ensemble{seed}", log=log, jobs=members)
+        ensemble = load_run(folder / f"ensemble{seed}")
+        runs = [json.loads((folder / f"ensemble{seed}" / f"seed{m}" / "results.json").read_text())
+                for m in member_seeds]
+        best.append([r["best_epoch"] for r in runs])
+        results.append({"dataset": runs[0]["dataset"], "tasks": runs[0]["tasks"], "best_epoch": best[-1],
+                        "epochs_run": [r["epochs_run"] for r in runs], "seconds": time.perf_counter() - started,
+                        "valid": evaluate_split(ensemble, "valid"), "test": evaluate_split(ensemble, "test")})
+        log(f"ensemble {seed} (members {member_seeds}): test {results[-1]['test'].get('summary')}")
+    return seed_summary(results, seeds), best
+
+
 def run_plan(plan_path: str | Path, data_dir: Path, scratch: Path, runs: Path, out: Path | None,
              seeds: list[int] | None = None, only_rows: list[str] | None = None) -> str:
     """Run every (dataset, row) of the plan over its seeds; returns the final table."""
@@ -107,8 +135,13 @@ def run_plan(plan_path: str | Path, data_dir: Path, scratch: Path, runs: Path, o
             folder.parent.mkdir(parents=True, exist_ok=True)  # the run folder itself is train_seeds' to create
             started = time.perf_counter()
             with folder.with_name(folder.name + ".log").open("w") as handle:
-                summary = train_seeds(config, seeds, folder, log=lambda line, h=handle: print(line, file=h, flush=True))
-            best = [json.loads((folder / f"seed{s}" / "results.json").read_text())["best_epoch"] for s in seeds]
+                log = lambda line, h=handle: print(line, file=h, flush=True)  # noqa: E731
+                if row.get("ensemble", 1) == 1:
+                    summary = train_seeds(config, seeds, folder, log=log)
+                    best = [json.loads((folder / f"seed{s}" / "results.json").read_text())["best_epoch"]
+                            for s in seeds]
+                else:
+                    summary, best = train_ensembles(config, seeds, int(row["ensemble"]), folder, log)
             key = score_key(score, summary["test"])
             results.append({"dataset": dataset, "label": row["label"], "metric": key, "test": summary["test"].get(key),
                             "valid": summary["valid"].get(key), "seeds": len(seeds), "best_epochs": best,
