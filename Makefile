@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
-	$(VENV)/bin/graph-mtl train --out runs/demo
+demo: install  # runs/demo is the demo's own folder: a second `make demo` replaces it (--overwrite)
+	$(VENV)/bin/graph-mtl train --out runs/demo --overwrite
 
 test: install
 	$(PY) -m pytest
