@@ -244,8 +244,13 @@ def test_contrib_pooling_sums_a_contribution_per_node(tiny_dataset, tmp_path):
     out = model(batch)
     head = model.head("size")
     node = head.mlp(out.node_repr)
-    by_hand = torch.stack([node[batch.batch == i].sum(0) for i in range(5)]) + head.extra_linear(batch.graph_x)
+    with torch.no_grad():
+        head.graph_bias.fill_(0.25)
+    out = model(batch)
+    by_hand = (torch.stack([node[batch.batch == i].sum(0) for i in range(5)]) + 0.25
+               + head.extra_linear(batch.graph_x))
     assert torch.allclose(out.preds["size"], by_hand, atol=1e-5) and out.graph_repr is None
+    assert "graph_bias" in dict(head.named_parameters())  # trained with the head
     dataset.tasks = [t for t in dataset.tasks if t.level == "graph"]
     with pytest.raises(ValueError, match=r"^model.grouped_heads: pool 'contrib'"):
         _model(dataset, pool="contrib", grouped_heads=True)

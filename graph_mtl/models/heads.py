@@ -64,9 +64,12 @@ class GraphHead(nn.Module):
         out_channels: outputs per graph.
         pool: ``"mean"``, ``"add"``, ``"max"``, ``"attention"`` (a learned gate per node, softmax per graph),
             ``"set2set"`` (Vinyals et al.'s LSTM read-out of :data:`SET2SET_STEPS` steps, width ``2 * in``) or
-            ``"contrib"``: a contribution per node, summed, :math:`y_G = \sum_{n \in G} \mathrm{MLP}(h_n) + W u_G`
-            (exactly additive: an atom-contribution property such as logP or TPSA is expressible for molecules
-            of any size, where an MLP of the summed embeddings is not additive and extrapolates poorly).
+            ``"contrib"``: a contribution per node, summed, plus one constant per graph,
+            :math:`y_G = \sum_{n \in G} \mathrm{MLP}(h_n) + b + W u_G` (exactly additive: an atom-contribution
+            property such as logP or TPSA is expressible for molecules of any size, where an MLP of the summed
+            embeddings is not additive and extrapolates poorly). The constant :math:`b` carries what is not per
+            atom, such as the mean subtracted by target standardisation: without it that offset would have to be
+            spread over the atoms, :math:`-\mu / (\sigma n)` each, which depends on the graph's size.
         hidden: width of the hidden layers.
         num_layers: linear layers of the MLP.
         dropout: dropout between the MLP's layers.
@@ -88,6 +91,8 @@ class GraphHead(nn.Module):
                        out_channels, num_layers, dropout)
         #: ``contrib``: the graph features' linear term ``W u_G``
         self.extra_linear = nn.Linear(extra_channels, out_channels, bias=False) if readout and extra_channels else None
+        #: ``contrib``: the per-graph constant ``b``
+        self.graph_bias = nn.Parameter(torch.zeros(out_channels)) if readout else None
 
     @property
     def learned_pool(self) -> bool:
@@ -108,7 +113,7 @@ class GraphHead(nn.Module):
         heads' shared pooling of ``h``, with the graph features already appended: :func:`with_graph_features`);
         without it the head pools ``h`` and appends ``extra`` (``[num_graphs, extra_channels]``) itself."""
         if self.pool_name in NODE_READOUTS:
-            y = pool_nodes("add", self.mlp(h), batch, num_graphs)
+            y = pool_nodes("add", self.mlp(h), batch, num_graphs) + self.graph_bias
             return y if self.extra_linear is None or extra is None else y + self.extra_linear(extra.to(y.dtype))
         if pooled is None:
             pooled = with_graph_features(self.pool(h, batch, num_graphs), extra)
