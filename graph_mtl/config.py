@@ -96,6 +96,9 @@ class ModelConfig:
     #: a few); ``None``: grouped from 32 such tasks on
     grouped_heads: bool | None = None
     vn_norm: str = "batch"
+    #: how the virtual node reads the atoms: ``add`` (OGB; it sees the graph's size) or ``mean`` (bounded in the
+    #: size, so node read-outs such as ``contrib`` pooling extrapolate to graphs larger than any in training)
+    vn_pool: str = "add"
     #: how the tasks share the encoder (graph_mtl/models/sharing.py): ``hard`` (one encoder), ``soft`` (one per
     #: task, pulled together by ``soft_l2``), ``cross_stitch``, ``mmoe``, ``cgc``, ``ple``
     arch: str = "hard"
@@ -192,6 +195,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pool": ("auto", "mean", "add", "max", "attention", "set2set", "contrib"),
     "data.graph_features": ("none", "rdkit2d", "morgan", "rdkit2d+morgan"),
     "model.vn_norm": ("batch", "layer"),
+    "model.vn_pool": ("add", "mean"),
     "model.arch": ("hard", "soft", "cross_stitch", "mmoe", "cgc", "ple"),
     "model.soft_target": ("pairwise", "mean"),
     "train.amp": ("none", "bf16", "fp16"),

@@ -100,7 +100,7 @@ def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task
         in_channels=inputs["num_node_features"], hidden=cfg.hidden, num_layers=cfg.num_layers, conv=cfg.conv,
         node_encoder="atom" if ogb else "linear", edge_encoder=edge_encoder, edge_channels=edge_channels,
         virtual_node=cfg.virtual_node, residual=cfg.residual, norm=cfg.norm, dropout=cfg.dropout, jk=cfg.jk,
-        heads=cfg.heads, pna_deg=inputs["pna_deg"], vn_norm=cfg.vn_norm,
+        heads=cfg.heads, pna_deg=inputs["pna_deg"], vn_norm=cfg.vn_norm, vn_pool=cfg.vn_pool,
     )
 
     def make_encoder(**overrides: Any) -> GNNEncoder:

@@ -133,6 +133,7 @@ CONFIG_CASES = [
     ("jk", ["--set", "model.jk=mean"], "model.jk"),
     ("pool", ["--set", "model.pool=sum"], "model.pool"),
     ("vn_norm", ["--set", "model.vn_norm=none"], "model.vn_norm"),
+    ("vn_pool", ["--set", "model.vn_pool=max"], "model.vn_pool"),
     ("amp", ["--set", "train.amp=fp8"], "train.amp"),
     ("monitor_mode", ["--set", "train.monitor_mode=full"], "train.monitor_mode"),
     ("task_view", ["--set", "data.task_view=rows"], "data.task_view"),

@@ -216,3 +216,33 @@ def test_any_task_name_keys_a_head_and_checkpoints_of_identifier_names_keep_thei
     assert "heads.plain.mlp.0.weight" in model.state_dict()
     with pytest.raises(KeyError, match="no task"):
         model.head("missing")
+
+
+def _two_copies(x, edge_index, edge_attr):
+    """One graph made of two disjoint copies of (x, edge_index, edge_attr)."""
+    n = x.size(0)
+    return (torch.cat([x, x]), torch.cat([edge_index, edge_index + n], dim=1), torch.cat([edge_attr, edge_attr]))
+
+
+@pytest.mark.parametrize("vn_pool, invariant", [("mean", True), ("add", False)])
+def test_a_mean_pooled_virtual_node_keeps_node_embeddings_of_a_doubled_graph(vn_pool, invariant):
+    """Two disjoint copies of a molecule in one graph: with ``vn_pool: mean`` every atom's embedding is that of
+    the single copy (the virtual node reads the same mean), so a ``contrib`` read-out doubles exactly; ``add``
+    (OGB) feeds the graph's size into every atom."""
+    from ogb.utils import smiles2graph
+
+    g = smiles2graph("CC(=O)Oc1ccccc1C(=O)O")
+    x, edge_index, edge_attr = (torch.as_tensor(g[k]) for k in ("node_feat", "edge_index", "edge_feat"))
+    torch.manual_seed(0)
+    encoder = GNNEncoder(hidden=16, num_layers=3, conv="gine", node_encoder="atom", edge_encoder="bond",
+                         virtual_node=True, vn_pool=vn_pool).eval()
+    with torch.no_grad():
+        for module in encoder.modules():  # non-trivial running statistics, so eval-mode norms are not identities
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        encoder.virtual_node.weight.normal_()
+        one = encoder(x, edge_index, edge_attr)
+        two = encoder(*_two_copies(x, edge_index, edge_attr))
+    same = torch.allclose(two, torch.cat([one, one]), atol=1e-5)
+    assert same == invariant

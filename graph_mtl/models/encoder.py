@@ -17,6 +17,7 @@ from torch_geometric.nn import (
     PNAConv,
     SAGEConv,
     global_add_pool,
+    global_mean_pool,
 )
 
 CONVS: tuple[str, ...] = ("gcn", "gin", "gine", "gat", "gatv2", "sage", "pna", "nnconv")
@@ -122,6 +123,9 @@ class GNNEncoder(nn.Module):
         heads: attention heads of gat/gatv2 (``hidden`` must be divisible by it).
         pna_deg: in-degree histogram for PNA (``torch_geometric.utils.degree`` counts of the training graphs).
         vn_norm: norm inside the virtual-node MLP, ``"batch"`` (over graphs, as OGB) or ``"layer"``.
+        vn_pool: how the virtual node reads the nodes, ``"add"`` (OGB; the sum above, which grows with the graph)
+            or ``"mean"`` (:math:`\frac{1}{|g|} \sum_{n \in g}`, bounded in the size, for node read-outs that must
+            extrapolate to larger graphs).
     """
 
     def __init__(
@@ -141,12 +145,14 @@ class GNNEncoder(nn.Module):
         heads: int = 4,
         pna_deg: Tensor | None = None,
         vn_norm: str = "batch",
+        vn_pool: str = "add",
     ) -> None:
         super().__init__()
         _check_choice("encoder.conv", conv, CONVS)
         _check_choice("encoder.norm", norm, NORMS)
         _check_choice("encoder.jk", jk, JK_MODES)
         _check_choice("encoder.vn_norm", vn_norm, ("batch", "layer"))
+        _check_choice("encoder.vn_pool", vn_pool, ("add", "mean"))
         _check_choice("encoder.node_encoder", node_encoder, NODE_ENCODERS)
         _check_choice("encoder.edge_encoder", edge_encoder, EDGE_ENCODERS)
         if num_layers < 1:
@@ -182,6 +188,7 @@ class GNNEncoder(nn.Module):
         self.gru = nn.GRUCell(hidden, hidden) if mpnn else None
         self.norms = nn.ModuleList(_norm("none" if mpnn else norm, hidden) for _ in range(num_layers))
         self.virtual_node = nn.Embedding(1, hidden) if virtual_node else None
+        self.vn_pool = global_mean_pool if vn_pool == "mean" else global_add_pool
         # a norm in the virtual-node MLP: without one the summed pooling makes the virtual node explode early
         # on (first demo epoch's loss 2196). Batch norm (as in OGB) by default: layer norm normalises each
         # graph's row by itself and so erases the graph size that the sum carries (demo test RMSE of tpsa,
@@ -247,7 +254,7 @@ class GNNEncoder(nn.Module):
         if self.residual and self.gru is None:
             out = out + h_in
         if vn is not None and layer < self.num_layers - 1:
-            pooled = global_add_pool(h_in, batch, size=num_graphs)
+            pooled = self.vn_pool(h_in, batch, size=num_graphs)
             vn = vn + nn.functional.dropout(self.vn_mlps[layer](pooled + vn), self.dropout, self.training)
         return out, vn
 
