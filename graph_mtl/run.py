@@ -328,6 +328,7 @@ def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
         check_out_dir(out_dir, overwrite=overwrite)
     folders = [out_dir / f"seed{seed}" for seed in seeds]
     if jobs > 1:
+        load_dataset(config.data)  # processed here once: jobs processes building the same cache at once would race
         train_in_parallel([PendingRun(f"seed {seed}", dataclasses.replace(config, seed=seed), folder,
                                       out_dir / "logs" / f"seed{seed}.log", overwrite=overwrite)
                            for seed, folder in zip(seeds, folders)], jobs, log)
