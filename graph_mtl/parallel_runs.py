@@ -4,7 +4,7 @@
 Runs are independent, so their results are those of one run at a time. A run whose config leaves
 ``train.threads`` unset gets ``cpu_count // jobs`` torch threads, so ``jobs`` runs share the cores instead of
 oversubscribing them. Each run's console goes to its own log file; this process's log gets a line when a run
-starts and when it ends. A failure is raised once every other run has ended, so finished runs are never lost.
+ends. A failure is raised once every other run has ended, so finished runs are never lost.
 """
 
 from __future__ import annotations

@@ -254,3 +254,17 @@ def test_contrib_pooling_sums_a_contribution_per_node(tiny_dataset, tmp_path):
     dataset.tasks = [t for t in dataset.tasks if t.level == "graph"]
     with pytest.raises(ValueError, match=r"^model.grouped_heads: pool 'contrib'"):
         _model(dataset, pool="contrib", grouped_heads=True)
+
+
+def test_a_contrib_head_saved_before_its_constant_loads_with_a_zero_constant(tiny_dataset):
+    dataset = _molecules(tiny_dataset)
+    model = _model(dataset, task_pool={"size": "contrib"}).eval()
+    batch = next(iter(DataLoader(dataset.splits["train"], batch_size=5)))
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("graph_bias")}
+    with torch.no_grad():
+        model.head("size").graph_bias.fill_(3.0)
+    model.load_state_dict(old)  # strict: the missing constant is filled with zeros, nothing else is
+    assert torch.equal(model.head("size").graph_bias, torch.zeros(1))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict({k: v for k, v in old.items() if not k.endswith("mlp.0.weight")})
+    assert torch.isfinite(model(batch).preds["size"]).all()

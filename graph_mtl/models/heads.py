@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +94,12 @@ class GraphHead(nn.Module):
         self.extra_linear = nn.Linear(extra_channels, out_channels, bias=False) if readout and extra_channels else None
         #: ``contrib``: the per-graph constant ``b``
         self.graph_bias = nn.Parameter(torch.zeros(out_channels)) if readout else None
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A ``contrib`` head saved before it had ``graph_bias`` loads with ``b = 0``: the model it was."""
+        if self.graph_bias is not None:
+            state_dict.setdefault(prefix + "graph_bias", torch.zeros_like(self.graph_bias))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def learned_pool(self) -> bool:
