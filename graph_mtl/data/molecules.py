@@ -29,7 +29,8 @@ the default demo run (seed 0, 30 epochs) with ``model.task_pool={tpsa: contrib, 
 default virtual node (which sums the atoms) tpsa 47.8, logp 6.60 (valid 10.0 and 0.42): the size reaches every
 atom's embedding, so the per-atom contributions do not hold on larger molecules; without a virtual node tpsa 13.3,
 logp 0.69 (tannic acid predicted 745), but qed (0.16 against 0.09) and lipinski (ROC-AUC 0.88 against 0.995) lose
-what the virtual node gave them; ``model.vn_pool: mean`` tpsa 25.2, logp 0.69 with the same losses. The default
+what the virtual node gave them (``add`` pooling for those two instead does not give it back: qed 0.17,
+lipinski 0.75, tpsa 14.4); ``model.vn_pool: mean`` tpsa 25.2, logp 0.69 with the same losses. The default
 (``mean`` pooling, summing virtual node) gave 20.4 and 0.74, and 14.7-26.6 across runs for tpsa.
 
 A label RDKit cannot compute (an exception or a non-finite value, e.g. Gasteiger charges on metal complexes)
