@@ -340,7 +340,8 @@ def _list() -> int:
         print(f"  {name:<12} {text}")
     print(f"encoders (model.conv): {', '.join(CONVS)}")
     print(f"pooling (model.pool, model.task_pool): {', '.join(POOLS)}; model.pool: auto = each task's preference "
-          "declared by its dataset, else mean")
+          "declared by its dataset, else mean; model.task_sum: {graph task: node task} reads a graph task out as "
+          "the sum of a node task's values")
     print(f"molecule features (data.graph_features): {', '.join(KINDS)}")
     print("balancers (train.balancer), by the kind of input they read:")
     for name, cls in sorted(BALANCERS.items(), key=lambda kv: (FAMILY_ORDER.index(kv[1].family), kv[0])):

@@ -90,6 +90,10 @@ class ModelConfig:
     pool: str = "auto"
     #: ``{task: pooling}``: overrides ``pool`` for these graph tasks
     task_pool: dict[str, str] = field(default_factory=dict)
+    #: ``{graph task: node task}``: the graph task is read out as the sum of the node task's values over the graph
+    #: (an affine map of it); ``pool: auto`` also takes the sums the dataset declares (embedded: logp as the sum
+    #: of crippen_logp, tpsa of tpsa_atom)
+    task_sum: dict[str, str] = field(default_factory=dict)
     head_layers: int = 2
     head_hidden: int | None = None
     #: one grouped module for all heads of one-output graph tasks (batched products: many tasks train as fast as
@@ -97,8 +101,9 @@ class ModelConfig:
     grouped_heads: bool | None = None
     vn_norm: str = "batch"
     #: how the virtual node reads the atoms: ``add`` (OGB; it sees the graph's size) or ``mean`` (bounded in the
-    #: size, so node read-outs such as ``contrib`` pooling extrapolate to graphs larger than any in training)
-    vn_pool: str = "add"
+    #: size, so node read-outs such as ``contrib`` pooling extrapolate to graphs larger than any in training);
+    #: ``auto``: ``mean`` where a graph task is read out as a node task's sum (``task_sum``), else ``add``
+    vn_pool: str = "auto"
     #: how the tasks share the encoder (graph_mtl/models/sharing.py): ``hard`` (one encoder), ``soft`` (one per
     #: task, pulled together by ``soft_l2``), ``cross_stitch``, ``mmoe``, ``cgc``, ``ple``
     arch: str = "hard"
@@ -195,7 +200,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pool": ("auto", "mean", "add", "max", "attention", "set2set", "contrib"),
     "data.graph_features": ("none", "rdkit2d", "morgan", "rdkit2d+morgan"),
     "model.vn_norm": ("batch", "layer"),
-    "model.vn_pool": ("add", "mean"),
+    "model.vn_pool": ("auto", "add", "mean"),
     "model.arch": ("hard", "soft", "cross_stitch", "mmoe", "cgc", "ple"),
     "model.soft_target": ("pairwise", "mean"),
     "train.amp": ("none", "bf16", "fp16"),

@@ -41,6 +41,7 @@ from graph_mtl.engine.strategies import load_pretrained
 from graph_mtl.engine.trainer import Trainer, resolve_device, write_json
 from graph_mtl.models import GNNEncoder, MultiTaskGNN
 from graph_mtl.models.encoder import EDGE_CONVS, NEEDS_EDGES
+from graph_mtl.models.heads import task_sums
 from graph_mtl.models.sharing import build_trunk
 from graph_mtl.tasks import MAXIMISED_METRICS, Task
 
@@ -90,6 +91,9 @@ def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task
         cfg = dataclasses.replace(cfg, conv="gine" if edge_channels > 0 else "gin")
     if cfg.virtual_node is None:
         cfg = dataclasses.replace(cfg, virtual_node=not inputs["single_graph"])
+    if cfg.vn_pool == "auto":  # a node-sum read-out needs node values that do not grow with the graph
+        cfg = dataclasses.replace(cfg, vn_pool="mean" if task_sums(tasks, cfg.pool, cfg.task_pool, cfg.task_sum)
+                                  else "add")
     if cfg.conv not in EDGE_CONVS or edge_channels == 0:
         edge_encoder = "none"
     else:
@@ -114,7 +118,8 @@ def model_from_inputs(cfg: ModelConfig, inputs: dict[str, Any], tasks: list[Task
                               task_experts=cfg.task_experts, ple_levels=cfg.ple_levels)
     return MultiTaskGNN(encoder, tasks, pool=cfg.pool, head_hidden=cfg.head_hidden,
                         head_layers=cfg.head_layers, head_dropout=cfg.dropout, grouped_heads=cfg.grouped_heads,
-                        task_pool=cfg.task_pool, graph_features=inputs.get("graph_features", 0))
+                        task_pool=cfg.task_pool, graph_features=inputs.get("graph_features", 0),
+                        task_sum=cfg.task_sum)
 
 
 def build_balancer(cfg: TrainConfig, task_names: list[str]) -> StepEngine:

@@ -219,9 +219,12 @@ def test_resume_across_the_warm_up_boundary_is_exact(tiny_dataset, tmp_path):
     (["model.task_pool={nope: add}"], "model.task_pool"),
     (["model.task_pool={size: sum}"], "model.task_pool"),
     (["model.task_pool=add"], "model.task_pool"),
+    (["model.task_sum={size: nope}"], "model.task_sum"),
+    (["model.task_sum=size"], "model.task_sum"),
     (["train.warmup_epochs=-1"], "train.warmup_epochs"),
     (["train.warmup_epochs=1"], "train.warmup_epochs"),  # not less than epochs=1
-], ids=["no_smiles", "unknown_kind", "unknown_task", "unknown_pool", "not_a_mapping", "negative", "all_epochs"])
+], ids=["no_smiles", "unknown_kind", "unknown_task", "unknown_pool", "not_a_mapping", "unknown_node_task",
+     "sum_not_a_mapping", "negative", "all_epochs"])
 def test_bad_inputs_exit_2_with_one_line_naming_the_key(args, field, tmp_path, capsys):
     data = tmp_path / "mols.csv"
     data.write_text("smiles,size\n" + "".join(f"{s},{len(s)}\n" for s in SMILES))
@@ -268,3 +271,4 @@ def test_a_contrib_head_saved_before_its_constant_loads_with_a_zero_constant(tin
     with pytest.raises(RuntimeError, match="Missing key"):
         model.load_state_dict({k: v for k, v in old.items() if not k.endswith("mlp.0.weight")})
     assert torch.isfinite(model(batch).preds["size"]).all()
+

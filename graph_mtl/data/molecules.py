@@ -17,6 +17,8 @@ task               level  kind        definition
                                       (united-atom charge; the sum over a molecule is its formal charge)
 ``crippen_logp``   node   regression  Crippen logP contribution of the atom plus its hydrogens; the sum
                                       over a molecule is ``logp``
+``tpsa_atom``      node   regression  Ertl's polar surface contribution of the atom (N and O with their
+                                      hydrogens, 0 elsewhere); the sum over a molecule is ``tpsa``
 ``pharmacophore``  node   multiclass  RDKit BaseFeatures.fdef role: 0 none, 1 H-bond donor only,
                                       2 H-bond acceptor only, 3 donor and acceptor
 ``brenk_atom``     node   binary      1 if the atom is part of a Brenk alert match
@@ -70,7 +72,7 @@ from graph_mtl.engine.checkpoint import atomic_save
 from graph_mtl.tasks import Task
 
 #: Bump when a label, the featurisation, the parsing or the split changes: it renames the cache file.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 #: elements of the organic subset; molecules with any other atom (metal complexes, As, Sb...) are skipped: each
 #: such element has < 40 molecules, so its atom features are barely trained, and one ferrocene in the
 #: validation split got a logp prediction of 50.8 (label 1.9) that alone tripled the split's RMSE
@@ -82,7 +84,7 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 CACHE_ENV = "GRAPH_MTL_CACHE"
 
 GRAPH_COLUMNS: tuple[str, ...] = ("logp", "tpsa", "qed", "lipinski", "brenk")
-NODE_COLUMNS: tuple[str, ...] = ("gasteiger", "crippen_logp", "pharmacophore", "brenk_atom")
+NODE_COLUMNS: tuple[str, ...] = ("gasteiger", "crippen_logp", "tpsa_atom", "pharmacophore", "brenk_atom")
 PHARMACOPHORE_CLASSES: tuple[str, ...] = ("none", "donor", "acceptor", "donor_acceptor")
 
 LABEL_SOURCES: dict[str, str] = {
@@ -93,13 +95,15 @@ LABEL_SOURCES: dict[str, str] = {
     "brenk": "rdkit FilterCatalog BRENK: any match",
     "gasteiger": "rdPartialCharges.ComputeGasteigerCharges: _GasteigerCharge + _GasteigerHCharge per atom",
     "crippen_logp": "rdMolDescriptors._CalcCrippenContribs on AddHs(mol), H values added to their atom",
+    "tpsa_atom": "rdMolDescriptors._CalcTPSAContribs (Ertl 2000 fragment contribution of each N and O)",
     "pharmacophore": "RDKit BaseFeatures.fdef Donor/Acceptor families: class = donor + 2 * acceptor",
     "brenk_atom": "rdkit FilterCatalog BRENK: atom in any match",
 }
 
 
 def embedded_tasks() -> list[Task]:
-    """The nine tasks of the embedded dataset, in model order (graph tasks first)."""
+    """The ten tasks of the embedded dataset, in model order (graph tasks first); ``logp`` and ``tpsa`` declare
+    the node task they are the sum of (``extra["sum_of"]``, read by ``model.pool: auto``)."""
 
     def make(name: str, level: str, kind: str, num_outputs: int = 1, **extra) -> Task:
         target, columns = ("y_graph", GRAPH_COLUMNS) if level == "graph" else ("y_node", NODE_COLUMNS)
@@ -109,13 +113,14 @@ def embedded_tasks() -> list[Task]:
         )
 
     return [
-        make("logp", "graph", "regression"),
-        make("tpsa", "graph", "regression"),
+        make("logp", "graph", "regression", sum_of="crippen_logp"),
+        make("tpsa", "graph", "regression", sum_of="tpsa_atom"),
         make("qed", "graph", "regression"),
         make("lipinski", "graph", "binary"),
         make("brenk", "graph", "binary"),
         make("gasteiger", "node", "regression"),
         make("crippen_logp", "node", "regression"),
+        make("tpsa_atom", "node", "regression"),
         make(
             "pharmacophore", "node", "multiclass", len(PHARMACOPHORE_CLASSES), classes=PHARMACOPHORE_CLASSES
         ),
@@ -266,6 +271,14 @@ def crippen_contributions(mol: Chem.Mol) -> np.ndarray:
     return np.where(np.isfinite(values), values, np.nan)
 
 
+def tpsa_contributions(mol: Chem.Mol) -> np.ndarray:
+    """Ertl's polar surface contribution per atom (N and O with their hydrogens; 0 elsewhere); sums to ``tpsa``."""
+    try:
+        return np.array(rdMolDescriptors._CalcTPSAContribs(mol), dtype=np.float64)
+    except Exception:
+        return np.full(mol.GetNumAtoms(), np.nan)
+
+
 def pharmacophore_classes(mol: Chem.Mol) -> np.ndarray:
     """``donor + 2 * acceptor`` per atom from RDKit's BaseFeatures.fdef Donor and Acceptor families."""
     factory = _feature_factory()
@@ -287,7 +300,10 @@ def node_labels(mol: Chem.Mol) -> np.ndarray:
         in_alert = np.array([float(i in alert_atoms) for i in range(n)])
     except Exception:
         in_alert = np.full(n, np.nan)
-    columns = (gasteiger_charges(mol), crippen_contributions(mol), pharmacophore_classes(mol), in_alert)
+    columns = (
+        gasteiger_charges(mol), crippen_contributions(mol), tpsa_contributions(mol), pharmacophore_classes(mol),
+        in_alert,
+    )
     return np.stack(columns, axis=1)
 
 

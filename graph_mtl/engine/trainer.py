@@ -194,6 +194,7 @@ class Trainer:
         labels = collect_labels(self.tasks, train_graphs)
         check_labels(self.tasks, labels)
         self.scalers: Scalers = fit_scalers(self.tasks, labels) if cfg.standardize_targets else {}
+        self.model.calibrate_sums(self.scalers)  # (a resumed run's checkpoint then replaces these weights)
         self.train_labels = {name: y.numpy() for name, y in labels.items()}
         self.epoch = 0
         self.step = 0

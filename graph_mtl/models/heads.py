@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.nn.aggr import AttentionalAggregation, Set2Set
 
@@ -127,6 +128,50 @@ class GraphHead(nn.Module):
         return self.mlp(pooled)
 
 
+class NodeSumHead(nn.Module):
+    r"""A graph task that is the sum over the graph of a node task's values (an atom-contribution property whose
+    contributions are labelled too: logP and the Crippen atom contributions, TPSA and Ertl's):
+
+    .. math:: y_G = a \sum_{n \in G} f_k(h_n) + c\,|G| + b
+
+    :math:`f_k` is node task ``k``'s head, read with its weights held: the graph loss reaches the encoder, while
+    :math:`f_k` stays task ``k``'s own. :math:`a, c, b` (one each per output) are this task's parameters; the affine
+    map absorbs both tasks' target standardisation (with :math:`y = \mu_G + \sigma_G \hat y` and contributions
+    :math:`\mu_k + \sigma_k \hat z`: :math:`\hat y = \frac{\sigma_k}{\sigma_G} \sum \hat z
+    + \frac{\mu_k}{\sigma_G} |G| - \frac{\mu_G}{\sigma_G}`). A sum of learned node values extrapolates to
+    graphs larger than any in training, where a pooled embedding does not.
+
+    Args:
+        node_task: the node task whose values are summed.
+        out_channels: outputs per graph (the node task's outputs).
+    """
+
+    def __init__(self, node_task: str, out_channels: int = 1) -> None:
+        super().__init__()
+        self.node_task = node_task
+        self.scale = nn.Parameter(torch.ones(out_channels))
+        self.per_node = nn.Parameter(torch.zeros(out_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    @torch.no_grad()
+    def calibrate(self, graph_stats: tuple[Tensor, Tensor] | None, node_stats: tuple[Tensor, Tensor] | None) -> None:
+        """Set ``a, c, b`` to the identity in raw units under the two tasks' target standardisations
+        (``(mean, std)`` each, ``None`` where a task is not standardised): the graph starts as exactly the sum of
+        its node values, so neither loss meets a sum that is off by the graph's size."""
+        mean_g, std_g = graph_stats if graph_stats is not None else (0.0, 1.0)
+        mean_k, std_k = node_stats if node_stats is not None else (0.0, 1.0)
+        for parameter, value in ((self.scale, std_k / std_g), (self.per_node, mean_k / std_g),
+                                 (self.bias, -mean_g / std_g)):
+            parameter.copy_(torch.as_tensor(value, dtype=parameter.dtype).expand_as(parameter))
+
+    def forward(self, node_head: nn.Module, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        """Predictions ``[num_graphs, out]`` from the node embeddings ``h`` and the node task's head."""
+        held = {name: weight.detach() for name, weight in node_head.named_parameters()}
+        total = pool_nodes("add", functional_call(node_head, held, (h,)), batch, num_graphs)
+        count = pool_nodes("add", h.new_ones(h.size(0), 1), batch, num_graphs)
+        return self.scale * total + self.per_node * count + self.bias
+
+
 def with_graph_features(pooled: Tensor, extra: Tensor | None) -> Tensor:
     """``[pooled | extra]``: per-graph features ``[B, F]`` appended to the pooled embeddings ``[B, width]``."""
     return pooled if extra is None else torch.cat([pooled, extra.to(pooled.dtype)], dim=1)
@@ -147,6 +192,37 @@ def task_pools(tasks: Sequence[Task], pool: str = "mean", overrides: Mapping[str
             raise ValueError(f"model.task_pool: unknown pooling {value!r} for task {name!r}; choose one of "
                              f"{list(POOLS)}")
     return {t.name: overrides.get(t.name, t.extra.get("pool", "mean") if pool == "auto" else pool) for t in graph}
+
+
+def task_sums(tasks: Sequence[Task], pool: str = "mean", task_pool: Mapping[str, str] | None = None,
+              overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``{graph task: node task}`` for the graph tasks read out as a node task's sum (:class:`NodeSumHead`):
+    ``overrides`` (``model.task_sum``), and with ``pool="auto"`` what the dataset declares
+    (``task.extra["sum_of"]``) where that node task is present and ``task_pool`` does not name the graph task.
+    Both tasks must be regression tasks with as many outputs; anything else is a one-line error naming
+    ``model.task_sum``."""
+    by_name = {t.name: t for t in tasks}
+    task_pool, overrides = dict(task_pool or {}), dict(overrides or {})
+    for graph_name, node_name in overrides.items():
+        graph_task, node_task = by_name.get(graph_name), by_name.get(node_name)
+        if graph_task is None or graph_task.level != "graph":
+            raise ValueError(f"model.task_sum: {graph_name!r} is not a graph task of this dataset; its graph tasks: "
+                             f"{[t.name for t in tasks if t.level == 'graph']}")
+        if node_task is None or node_task.level != "node":
+            raise ValueError(f"model.task_sum: {node_name!r} (summed for {graph_name!r}) is not a node task of this "
+                             f"dataset; its node tasks: {[t.name for t in tasks if t.level == 'node']}")
+        if graph_name in task_pool:
+            raise ValueError(f"model.task_sum: {graph_name!r} is also in model.task_pool; keep it in one of them")
+        if not (graph_task.kind == node_task.kind == "regression"
+                and graph_task.num_outputs == node_task.num_outputs):
+            raise ValueError(f"model.task_sum: {graph_name!r} and {node_name!r} must both be regression tasks with "
+                             f"as many outputs")
+    declared = {} if pool != "auto" else {
+        t.name: t.extra["sum_of"] for t in tasks
+        if t.level == "graph" and "sum_of" in t.extra and t.name not in task_pool
+        and getattr(by_name.get(t.extra["sum_of"]), "level", None) == "node"
+    }
+    return {**declared, **overrides}
 
 
 def make_pool(pool: str, width: int) -> nn.Module | None:

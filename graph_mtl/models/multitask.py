@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +16,12 @@ from graph_mtl.models.heads import (
     SHARED_LEARNED_POOLS,
     GraphHead,
     NodeHead,
+    NodeSumHead,
     make_pool,
     pool_nodes,
     pooled_width,
     task_pools,
+    task_sums,
     with_graph_features,
 )
 from graph_mtl.models.sharing import Trunk, TrunkOutput
@@ -131,12 +133,14 @@ class MultiTaskGNN(nn.Module):
             not share a graph representation (rep-mode balancers then use ``node_repr``) and are never grouped.
         graph_features: width ``F`` of the per-graph features ``batch.graph_x`` ``[B, F]`` appended to the pooled
             representation before every graph head (0: none).
+        task_sum: ``{graph task: node task}`` read out as the node task's sum (:class:`NodeSumHead`); with
+            ``pool="auto"`` also the sums the dataset declares (:func:`~graph_mtl.models.heads.task_sums`).
     """
 
     def __init__(self, encoder: GNNEncoder | Trunk, tasks: Sequence[Task], pool: str = "mean",
                  head_hidden: int | None = None, head_layers: int = 2, head_dropout: float = 0.0,
                  grouped_heads: bool | None = None, task_pool: Mapping[str, str] | None = None,
-                 graph_features: int = 0) -> None:
+                 graph_features: int = 0, task_sum: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.tasks = list(tasks)
@@ -144,8 +148,11 @@ class MultiTaskGNN(nn.Module):
         hidden = head_hidden or encoder.hidden
         heads: dict[str, nn.Module] = {}
         self.arch = encoder.arch if isinstance(encoder, Trunk) else "hard"
-        #: each graph task's pooling (``pool`` = ``auto`` resolved, ``task_pool`` applied); one value: shared
-        self.task_pool = task_pools(self.tasks, pool, task_pool)
+        #: ``{graph task: node task}``: graph tasks read out as a node task's sum, not pooled
+        self.task_sum = task_sums(self.tasks, pool, task_pool, task_sum)
+        #: each pooled graph task's pooling (``pool`` = ``auto`` resolved, ``task_pool`` applied); one value: shared
+        self.task_pool = {name: value for name, value in task_pools(self.tasks, pool, task_pool).items()
+                          if name not in self.task_sum}
         pools = set(self.task_pool.values())
         mixed = len(pools) > 1
         pool = next(iter(pools)) if len(pools) == 1 else ("mean" if pool == "auto" else pool)
@@ -165,7 +172,9 @@ class MultiTaskGNN(nn.Module):
         self.grouped = (GroupedGraphHeads(pooled_width(pool, width) + graph_features, len(self.tasks), hidden,
                                           head_layers, head_dropout) if grouped else None)
         for task in self.tasks if not grouped else ():
-            if task.level == "node":
+            if task.name in self.task_sum:
+                heads[task.name] = NodeSumHead(self.task_sum[task.name], task.num_outputs)
+            elif task.level == "node":
                 heads[task.name] = NodeHead(width, task.num_outputs, hidden, head_layers, head_dropout)
             else:
                 heads[task.name] = GraphHead(width, task.num_outputs, self.task_pool[task.name], hidden, head_layers,
@@ -200,28 +209,43 @@ class MultiTaskGNN(nn.Module):
             rows = pooled.unsqueeze(0).expand(len(self.tasks), -1, -1) if self.per_task_rows else None
             preds = ColumnPreds(self.grouped(pooled if rows is None else rows), self.task_names)
             return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=True, task_rows=rows)
-        preds = {}
-        for name, key in self._keys.items():
-            head = self.heads[key]
-            preds[name] = (head(h, batch_vec, num_graphs, pooled, extra) if isinstance(head, GraphHead)
-                           else head(h, batch_vec, num_graphs))
+        preds = self._head_preds(lambda name: h, batch_vec, num_graphs, lambda name: pooled, extra)
         return MultiTaskOutput(preds=preds, node_repr=h, graph_repr=pooled, graph_only=self._graph_only)
+
+    def _head_preds(self, reprs: Callable[[str], Tensor], batch_vec: Tensor, num_graphs: int,
+                    pooled: Callable[[str], Tensor | None], extra: Tensor | None) -> dict[str, Tensor]:
+        """Every head's predictions, in task order: head ``t`` reads ``reprs(t)`` (and a graph head ``pooled(t)``, its
+        input pooled elsewhere, or ``None``); a node-sum head applies its node task's head to ``reprs(t)``."""
+        preds = {}
+        for name in self.task_names:
+            head, h = self.heads[self._keys[name]], reprs(name)
+            if isinstance(head, NodeSumHead):
+                preds[name] = head(self.heads[self._keys[head.node_task]], h, batch_vec, num_graphs)
+            elif isinstance(head, GraphHead):
+                preds[name] = head(h, batch_vec, num_graphs, pooled(name), extra)
+            else:
+                preds[name] = head(h, batch_vec, num_graphs)
+        return preds
 
     def _forward_trunk(self, out: TrunkOutput, batch_vec: Tensor, num_graphs: int,
                        extra: Tensor | None) -> MultiTaskOutput:
         """Head ``t`` on task ``t``'s representation from the trunk (``extra``: the per-graph features)."""
-        preds = {}
-        for name, h in zip(self.task_names, out.task_reprs):
-            head = self.heads[self._keys[name]]
-            if isinstance(head, GraphHead):
-                pooled = (with_graph_features(self._pool(h, batch_vec, num_graphs), extra) if self._shared_pool
-                          else None)
-                preds[name] = head(h, batch_vec, num_graphs, pooled, extra)
-            else:
-                preds[name] = head(h, batch_vec, num_graphs)
+        reprs = dict(zip(self.task_names, out.task_reprs))
+
+        def pooled(name: str) -> Tensor | None:
+            return (with_graph_features(self._pool(reprs[name], batch_vec, num_graphs), extra) if self._shared_pool
+                    else None)
+
+        preds = self._head_preds(reprs.__getitem__, batch_vec, num_graphs, pooled, extra)
         mean = out.task_reprs[0] if len(out.task_reprs) == 1 else torch.stack(out.task_reprs).mean(0)
         return MultiTaskOutput(preds=preds, node_repr=mean, graph_only=self._graph_only,
                                trunk_reprs=out.balancer_reprs)
+
+    def calibrate_sums(self, scalers: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        """Start every node-sum head as the plain sum under the targets' standardisation (``scalers``: ``{task:
+        (mean, std)}`` of the standardised tasks; :meth:`NodeSumHead.calibrate`)."""
+        for graph_task, node_task in self.task_sum.items():
+            self.heads[self._keys[graph_task]].calibrate(scalers.get(graph_task), scalers.get(node_task))
 
     def regularizer(self) -> Tensor | None:
         """A penalty of the architecture that is not a task (soft sharing's), or ``None``; the trainer adds its
