@@ -197,7 +197,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.scheduler": ("none", "cosine", "step", "plateau"),
     "model.norm": ("batch", "layer", "none"),
     "model.jk": ("last", "sum", "max", "cat"),
-    "model.pool": ("auto", "mean", "add", "max", "attention", "set2set", "contrib"),
+    "model.pool": ("auto", "mean", "add", "max", "attention", "set2set", "contrib", "add_norm"),
     "data.graph_features": ("none", "rdkit2d", "morgan", "rdkit2d+morgan"),
     "model.vn_norm": ("batch", "layer"),
     "model.vn_pool": ("auto", "add", "mean"),

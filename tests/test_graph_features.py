@@ -272,3 +272,23 @@ def test_a_contrib_head_saved_before_its_constant_loads_with_a_zero_constant(tin
         model.load_state_dict({k: v for k, v in old.items() if not k.endswith("mlp.0.weight")})
     assert torch.isfinite(model(batch).preds["size"]).all()
 
+
+
+def test_add_norm_pooling_is_the_batch_normalised_sum_of_each_head(tiny_dataset, tmp_path):
+    dataset = _molecules(tiny_dataset)
+    model = _model(dataset, task_pool={"size": "add_norm"})
+    batch = next(iter(DataLoader(dataset.splits["train"], batch_size=5)))
+    model.train()(batch)  # one training batch moves the running statistics off their start
+    model.eval()
+    out = model(batch)
+    head = model.head("size")
+    norm = head.pooling.norm
+    sums = torch.stack([out.node_repr[batch.batch == i].sum(0) for i in range(5)])
+    by_hand = (sums - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+    assert torch.allclose(head.pool(out.node_repr, batch.batch, 5), by_hand, atol=1e-4)
+    assert not torch.allclose(norm.running_mean, torch.zeros_like(norm.running_mean))
+    assert head.learned_pool and out.graph_repr is None  # the head's own: its statistics are not shared
+    model.train()(next(iter(DataLoader(dataset.splits["train"], batch_size=1))))  # one graph in training: no error
+    dataset.tasks = [t for t in dataset.tasks if t.level == "graph"]
+    with pytest.raises(ValueError, match=r"^model.grouped_heads: pool 'add_norm'"):
+        _model(dataset, pool="add_norm", grouped_heads=True)

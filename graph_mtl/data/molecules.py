@@ -115,8 +115,8 @@ def embedded_tasks() -> list[Task]:
     return [
         make("logp", "graph", "regression", sum_of="crippen_logp"),
         make("tpsa", "graph", "regression", sum_of="tpsa_atom"),
-        make("qed", "graph", "regression"),
-        make("lipinski", "graph", "binary"),
+        make("qed", "graph", "regression", pool="add_norm"),
+        make("lipinski", "graph", "binary", pool="add_norm"),
         make("brenk", "graph", "binary"),
         make("gasteiger", "node", "regression"),
         make("crippen_logp", "node", "regression"),

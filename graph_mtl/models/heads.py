@@ -11,9 +11,10 @@ from torch.func import functional_call
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.nn.aggr import AttentionalAggregation, Set2Set
 
+from graph_mtl.models.encoder import RowBatchNorm
 from graph_mtl.tasks import Task
 
-POOLS: tuple[str, ...] = ("mean", "add", "max", "attention", "set2set", "contrib")
+POOLS: tuple[str, ...] = ("mean", "add", "max", "attention", "set2set", "contrib", "add_norm")
 #: poolings that apply the head's MLP to every node before summing (the head reads the node embeddings)
 NODE_READOUTS: frozenset[str] = frozenset({"contrib"})
 #: learned poolings that :class:`~graph_mtl.models.MultiTaskGNN` shares between its graph heads (part of the shared
@@ -65,13 +66,15 @@ class GraphHead(nn.Module):
         in_channels: width of the node embeddings.
         out_channels: outputs per graph.
         pool: ``"mean"``, ``"add"``, ``"max"``, ``"attention"`` (a learned gate per node, softmax per graph),
-            ``"set2set"`` (Vinyals et al.'s LSTM read-out of :data:`SET2SET_STEPS` steps, width ``2 * in``) or
+            ``"set2set"`` (Vinyals et al.'s LSTM read-out of :data:`SET2SET_STEPS` steps, width ``2 * in``),
             ``"contrib"``: a contribution per node, summed, plus one constant per graph,
             :math:`y_G = \sum_{n \in G} \mathrm{MLP}(h_n) + b + W u_G` (exactly additive: an atom-contribution
             property such as logP or TPSA is expressible for molecules of any size, where an MLP of the summed
             embeddings is not additive and extrapolates poorly). The constant :math:`b` carries what is not per
             atom, such as the mean subtracted by target standardisation: without it that offset would have to be
             spread over the atoms, :math:`-\mu / (\sigma n)` each, which depends on the graph's size.
+            or ``"add_norm"``: the sum, batch-normalised over the graphs (:class:`NormalisedSum`), for properties
+            that depend on counts over the whole graph.
         hidden: width of the hidden layers.
         num_layers: linear layers of the MLP.
         dropout: dropout between the MLP's layers.
@@ -225,8 +228,23 @@ def task_sums(tasks: Sequence[Task], pool: str = "mean", task_pool: Mapping[str,
     return {**declared, **overrides}
 
 
+class NormalisedSum(nn.Module):
+    r"""Sum pooling, batch-normalised over the graphs: :math:`\mathrm{BN}(\sum_{n \in G} h_n)`. The sum keeps the
+    counts a size-dependent property needs (donors, acceptors, mass); normalised, it stays in the range the head
+    trains well in, where a plain sum grows with the graph."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = RowBatchNorm(width)  # a batch of one graph is normalised with the running statistics
+
+    def forward(self, h: Tensor, batch: Tensor, dim_size: int) -> Tensor:
+        return self.norm(global_add_pool(h, batch, size=dim_size))
+
+
 def make_pool(pool: str, width: int) -> nn.Module | None:
     """The module of a learned pooling of ``width``-wide node embeddings; ``None`` for mean/add/max."""
+    if pool == "add_norm":
+        return NormalisedSum(width)
     if pool == "attention":
         return AttentionalAggregation(nn.Linear(width, 1))
     if pool == "set2set":

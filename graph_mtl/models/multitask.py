@@ -102,7 +102,7 @@ def grouping_blocker(tasks: Sequence[Task], pool: str) -> str | None:
         return "every task must be graph-level"
     if any(t.num_outputs != 1 for t in tasks):
         return "every task must have one output (a binary or one-column regression task)"
-    if pool in ("attention", "contrib"):
+    if pool in ("attention", "contrib", "add_norm"):
         return f"pool {pool!r} is a pooling of each head's own"
     return None
 
