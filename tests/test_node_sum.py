@@ -127,3 +127,18 @@ def test_vn_pool_auto_reads_the_mean_where_a_task_is_a_node_sum(declare, pool, v
     model = build_model(ModelConfig(hidden=8, num_layers=2, pool=pool, vn_pool=vn_pool), _dataset(declare=declare))
     assert (model.encoder.vn_pool is global_mean_pool) == (expected == "mean")
     assert bool(model.task_sum) == (declare and pool == "auto")
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "cross_stitch"])
+def test_with_a_sharing_trunk_the_sum_reads_the_graph_tasks_own_representation(arch):
+    dataset = _dataset()
+    model = build_model(ModelConfig(hidden=8, num_layers=2, arch=arch, task_sum={"mass": "weight"}), dataset).eval()
+    model.calibrate_sums({})
+    batch = _batch(dataset)
+    out = model(batch)
+    index = model.task_names.index("mass")
+    with torch.no_grad():
+        h = model.encoder(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs).task_reprs[index]
+        own = model.head("weight")(h)
+    by_hand = torch.stack([own[batch.batch == i].sum(0) for i in range(batch.num_graphs)])
+    assert torch.allclose(out.preds["mass"], by_hand, atol=1e-5)

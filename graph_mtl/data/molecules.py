@@ -52,8 +52,8 @@ on: their training losses tripled. Appending ``log(1 + atoms)`` to their heads d
 0.152, lipinski 0.866); a plain sum did worse (its scale grows with the molecule and the head trained poorly);
 the batch-normalised sum did (training losses back to the summing virtual node's). qed stays behind the
 summing virtual node on test (0.135 against 0.094; valid 0.088 against 0.077). ``model.pool: mean`` restores the
-summing virtual node and mean-pooled heads. Before the sum read-outs, without ``tpsa_atom``: ``contrib`` pooling without a virtual node gave
-tpsa 13.3, and 14.7-26.6 across runs of the default.
+summing virtual node and mean-pooled heads. Before the sum read-outs, without ``tpsa_atom``: ``contrib``
+pooling without a virtual node gave tpsa 13.3, and the default 14.7-26.6 across runs.
 
 A label RDKit cannot compute (an exception or a non-finite value, e.g. Gasteiger charges on metal complexes)
 is ``NaN`` = missing; the molecule is kept. Regression targets are stored raw; ``info["target_stats"]`` has

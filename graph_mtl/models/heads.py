@@ -17,6 +17,9 @@ from graph_mtl.tasks import Task
 POOLS: tuple[str, ...] = ("mean", "add", "max", "attention", "set2set", "contrib", "add_norm")
 #: poolings that apply the head's MLP to every node before summing (the head reads the node embeddings)
 NODE_READOUTS: frozenset[str] = frozenset({"contrib"})
+#: poolings each head does by itself (its own parameters or statistics, or a per-node read-out): such heads
+#: share no pooled representation and are never grouped
+OWN_POOLS: frozenset[str] = frozenset({"attention", "contrib", "add_norm"})
 #: learned poolings that :class:`~graph_mtl.models.MultiTaskGNN` shares between its graph heads (part of the shared
 #: model, as in Gilmer et al.'s MPNN); ``attention`` stays one per head
 SHARED_LEARNED_POOLS: frozenset[str] = frozenset({"set2set"})

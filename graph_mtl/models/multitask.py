@@ -13,6 +13,7 @@ from graph_mtl.engine.gradients import TaskRows
 from graph_mtl.models.encoder import GNNEncoder
 from graph_mtl.models.grouped import GroupedGraphHeads
 from graph_mtl.models.heads import (
+    OWN_POOLS,
     SHARED_LEARNED_POOLS,
     GraphHead,
     NodeHead,
@@ -102,7 +103,7 @@ def grouping_blocker(tasks: Sequence[Task], pool: str) -> str | None:
         return "every task must be graph-level"
     if any(t.num_outputs != 1 for t in tasks):
         return "every task must have one output (a binary or one-column regression task)"
-    if pool in ("attention", "contrib", "add_norm"):
+    if pool in OWN_POOLS:
         return f"pool {pool!r} is a pooling of each head's own"
     return None
 
