@@ -9,7 +9,8 @@ to float32 round-off. The model has nothing that differs between a shard and the
 whose exact gradient is zero: SAGE convolutions (GIN's MLP holds a batch norm whatever ``model.norm`` says, and
 a bias just before a batch norm gets Adam steps of +-lr from round-off alone), layer norms (the virtual node's
 too), mean pooling where the embedded dataset asks for ``add_norm`` (a batch norm over the graphs), no dropout;
-logp and tpsa are node sums, as by default. Batches of 19 of the 48 training molecules: shards of 10 and 9 graphs, a last batch of 10.
+logp and tpsa are node sums, as by default. Batches of 19 of the 48 training molecules: shards of 10 and 9
+graphs, a last batch of 10.
 """
 
 from __future__ import annotations
