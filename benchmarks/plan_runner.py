@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from graph_mtl.config import Config, apply_override, from_dict
-from graph_mtl.inference import evaluate_split, load_run
+from graph_mtl.inference import evaluate_splits, load_run
 from graph_mtl.run import mean_std, seed_summary, train_seeds
 
 
@@ -108,9 +108,10 @@ def train_ensembles(config: Config, seeds: list[int], members: int, folder: Path
         runs = [json.loads((folder / f"ensemble{seed}" / f"seed{m}" / "results.json").read_text())
                 for m in member_seeds]
         best.append([r["best_epoch"] for r in runs])
+        scores = evaluate_splits(ensemble, ("valid", "test"))
         results.append({"dataset": runs[0]["dataset"], "tasks": runs[0]["tasks"], "best_epoch": best[-1],
                         "epochs_run": [r["epochs_run"] for r in runs], "seconds": time.perf_counter() - started,
-                        "valid": evaluate_split(ensemble, "valid"), "test": evaluate_split(ensemble, "test")})
+                        **scores})
         log(f"ensemble {seed} (members {member_seeds}): test {results[-1]['test'].get('summary')}")
     return seed_summary(results, seeds), best
 

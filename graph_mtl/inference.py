@@ -351,11 +351,17 @@ def evaluate_run(run: LoadedRun | Ensemble, make_loader: Callable[[LoadedRun], A
 
 def evaluate_split(run: LoadedRun | Ensemble, split: str) -> dict[str, Any]:
     """:func:`evaluate_run` on a split of the run's own dataset, batched as its training evaluated it."""
+    return evaluate_splits(run, [split])[split]
+
+
+def evaluate_splits(run: LoadedRun | Ensemble, splits: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_split` for each of ``splits``, the dataset loaded once."""
     from graph_mtl.data.registry import load_dataset
     from graph_mtl.run import make_loaders
 
     dataset = load_dataset(run.config.data)
-    return evaluate_run(run, lambda member: make_loaders(member.config, dataset, None)[split])
+    return {split: evaluate_run(run, lambda member, split=split: make_loaders(member.config, dataset, None)[split])
+            for split in splits}
 
 
 def predict_nodes(run: LoadedRun | Ensemble, split: str) -> dict[str, list]:

@@ -322,8 +322,8 @@ def train_seeds(config: Config, seeds: list[int], out_dir: str | Path,
     standard deviation over seeds of every test and validation metric (at each run's best validation epoch),
     and each seed's best epoch, epochs run, minutes and headline test scores. ``out_dir`` must be empty or
     new, unless ``overwrite`` (which replaces each seed's run). ``jobs > 1`` trains that many seeds at once, each
-    in its own process with its console in ``out_dir/logs/seed<N>.log`` (:mod:`graph_mtl.parallel_runs`); the
-    folder is then also an ensemble for ``predict`` and ``evaluate``."""
+    in its own process with its console in ``out_dir/logs/seed<N>.log`` (:mod:`graph_mtl.parallel_runs`). The
+    folder, trained either way, is an ensemble of its seeds for ``predict`` and ``evaluate``."""
     from graph_mtl.parallel_runs import PendingRun, train_in_parallel
 
     out_dir = Path(out_dir)
