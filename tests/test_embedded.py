@@ -53,6 +53,14 @@ def test_sizes_and_counts(dataset):
     assert sizes["train"] >= 0.7 * LIMIT and sizes["valid"] > 0 and sizes["test"] > 0
 
 
+def test_label_columns_only_ever_grow_at_the_end():
+    """A saved run's tasks name their label columns by index: the columns of earlier recipes keep their places, so
+    ``evaluate`` of a run trained before a column was added reads its own labels."""
+    assert mol_mod.GRAPH_COLUMNS[:5] == ("logp", "tpsa", "qed", "lipinski", "brenk")
+    assert mol_mod.NODE_COLUMNS[:4] == ("gasteiger", "crippen_logp", "pharmacophore", "brenk_atom")  # recipe 2
+    assert mol_mod.NODE_COLUMNS[4:] == ("tpsa_atom",)  # recipe 4
+
+
 def test_shapes_and_dtypes(dataset):
     g_cols, n_cols = len(mol_mod.GRAPH_COLUMNS), len(mol_mod.NODE_COLUMNS)
     for g in all_graphs(dataset):

@@ -92,7 +92,7 @@ from graph_mtl.engine.checkpoint import atomic_save
 from graph_mtl.tasks import Task
 
 #: Bump when a label, the featurisation, the parsing or the split changes: it renames the cache file.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 #: elements of the organic subset; molecules with any other atom (metal complexes, As, Sb...) are skipped: each
 #: such element has < 40 molecules, so its atom features are barely trained, and one ferrocene in the
 #: validation split got a logp prediction of 50.8 (label 1.9) that alone tripled the split's RMSE
@@ -103,8 +103,10 @@ SMILES_FILE = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 CACHE_ENV = "GRAPH_MTL_CACHE"
 
-GRAPH_COLUMNS: tuple[str, ...] = ("logp", "tpsa", "qed", "lipinski", "brenk")
-NODE_COLUMNS: tuple[str, ...] = ("gasteiger", "crippen_logp", "tpsa_atom", "pharmacophore", "brenk_atom")
+GRAPH_COLUMNS: tuple[str, ...] = ("logp", "tpsa", "qed", "lipinski", "brenk")  # append-only too
+#: label columns of the cached tensors; append-only: a saved run's tasks name their columns by index, so a column
+#: added in the middle would hand an old run's task another task's labels when it is evaluated
+NODE_COLUMNS: tuple[str, ...] = ("gasteiger", "crippen_logp", "pharmacophore", "brenk_atom", "tpsa_atom")
 PHARMACOPHORE_CLASSES: tuple[str, ...] = ("none", "donor", "acceptor", "donor_acceptor")
 
 LABEL_SOURCES: dict[str, str] = {
@@ -321,8 +323,8 @@ def node_labels(mol: Chem.Mol) -> np.ndarray:
     except Exception:
         in_alert = np.full(n, np.nan)
     columns = (
-        gasteiger_charges(mol), crippen_contributions(mol), tpsa_contributions(mol), pharmacophore_classes(mol),
-        in_alert,
+        gasteiger_charges(mol), crippen_contributions(mol), pharmacophore_classes(mol), in_alert,
+        tpsa_contributions(mol),
     )
     return np.stack(columns, axis=1)
 
