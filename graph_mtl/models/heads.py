@@ -11,10 +11,12 @@ from torch.func import functional_call
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.nn.aggr import AttentionalAggregation, Set2Set
 
+from graph_mtl.config import CHOICES
 from graph_mtl.models.encoder import RowBatchNorm
 from graph_mtl.tasks import Task
 
-POOLS: tuple[str, ...] = ("mean", "add", "max", "attention", "set2set", "contrib", "add_norm")
+#: every pooling of a graph head: the registry's choices for ``model.pool`` but ``auto``
+POOLS: tuple[str, ...] = CHOICES["model.pool"][1:]
 #: poolings that apply the head's MLP to every node before summing (the head reads the node embeddings)
 NODE_READOUTS: frozenset[str] = frozenset({"contrib"})
 #: poolings each head does by itself (its own parameters or statistics, or a per-node read-out): such heads
